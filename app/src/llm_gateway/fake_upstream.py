@@ -1,0 +1,366 @@
+"""Fake OpenAI-compatible upstream for the lab, the tests and the benchmark.
+
+It stands for a provider we cannot reach from here and is never on the production
+path. Answers are deterministic: the reply echoes the last user message, token counts
+are whitespace-separated words (prompt: all message texts; completion: the reply).
+
+Endpoints
+    POST /v1/chat/completions   chat.completion, or SSE chunks when "stream": true
+                                (a usage chunk when stream_options.include_usage)
+    GET  /v1/models             the models from --models
+    GET  /health                {"status": "ok"}, never needs a key
+
+Options (each also read from the environment, so a systemd unit can set it)
+    --host          FAKE_UPSTREAM_HOST          127.0.0.1
+    --port          FAKE_UPSTREAM_PORT          9000
+    --latency-ms    FAKE_UPSTREAM_LATENCY_MS    300   fixed delay before answering
+    --jitter-ms     FAKE_UPSTREAM_JITTER_MS     100   plus uniform random 0..jitter
+    --error-rate    FAKE_UPSTREAM_ERROR_RATE    0     share of requests answered with
+                                                      a random 500, 429 or 503
+    --chunk-delay-ms FAKE_UPSTREAM_CHUNK_DELAY_MS 20  pause between streamed deltas
+    --models        FAKE_UPSTREAM_MODELS        fake-model   comma-separated
+    --api-key       FAKE_UPSTREAM_API_KEY       unset: any key (or none) is accepted;
+                                                set: other bearer keys get a 401
+    --seed          FAKE_UPSTREAM_SEED          unset: seeds jitter and error draws
+
+Per-request controls, for tests
+    model "fake-error-<status>"   answer with that status (e.g. fake-error-503)
+    header X-Fake-Status: <code>  the same, for any model
+    header X-Fake-Delay-Ms: <ms>  replaces latency and jitter (e.g. to force a timeout)
+
+Errors use OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
+Any model name is accepted, like an OpenAI-compatible server that serves one model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import os
+import random
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import orjson
+from aiohttp import web
+
+ERROR_MODEL_PREFIX = "fake-error-"
+INJECTED_STATUSES = (500, 429, 503)
+# Enough deltas to exercise a client's chunk handling, few enough to stay fast.
+WORDS_PER_DELTA = 3
+MAX_DELAY_MS = 600_000
+
+_ERROR_KINDS = {
+    400: ("invalid_request_error", None),
+    401: ("invalid_request_error", "invalid_api_key"),
+    404: ("invalid_request_error", "model_not_found"),
+    429: ("rate_limit_error", "rate_limit_exceeded"),
+    500: ("server_error", None),
+    502: ("server_error", None),
+    503: ("server_error", "service_unavailable"),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 9000
+    latency_ms: float = 300.0
+    jitter_ms: float = 100.0
+    error_rate: float = 0.0
+    chunk_delay_ms: float = 20.0
+    models: tuple[str, ...] = ("fake-model",)
+    api_key: str | None = None
+    seed: int | None = None
+    rng: random.Random = field(default_factory=random.Random, compare=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.error_rate <= 1.0:
+            raise ValueError("error rate must be between 0 and 1")
+        if self.latency_ms < 0 or self.jitter_ms < 0 or self.chunk_delay_ms < 0:
+            raise ValueError("delays must not be negative")
+        if self.seed is not None:
+            self.rng.seed(self.seed)
+
+
+SETTINGS_KEY = web.AppKey("settings", Settings)
+
+
+def json_response(
+    body: object, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    # orjson is several times faster than json here, which matters for the direct baseline.
+    return web.Response(
+        body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
+    )
+
+
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    kind, code = _ERROR_KINDS.get(
+        status, ("server_error" if status >= 500 else "invalid_request_error", None)
+    )
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return json_response(body, status=status, headers=headers)
+
+
+def injected_error(status: int) -> web.Response:
+    # A real provider's 429 says when to come back; clients and gateways look for it.
+    headers = {"Retry-After": "1"} if status == 429 else None
+    return error_response(status, f"fake upstream: injected error {status}", headers)
+
+
+def message_text(message: object) -> str:
+    """Text of one chat message; content is a string or a list of typed parts."""
+    if not isinstance(message, dict):
+        return ""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            p.get("text", "")
+            for p in content
+            if isinstance(p, dict) and isinstance(p.get("text"), str)
+        )
+    return ""
+
+
+def count_tokens(text: str) -> int:
+    return len(text.split())
+
+
+def build_reply(messages: list, max_tokens: int | None) -> tuple[list[str], str]:
+    """Reply words and finish_reason; echoing the prompt makes answers checkable in tests."""
+    last_user = next(
+        (m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), None
+    )
+    words = (
+        ["Fake", "reply:", *message_text(last_user).split()] if last_user else ["Fake", "reply."]
+    )
+    if max_tokens is not None and max_tokens < len(words):
+        return words[: max(max_tokens, 0)], "length"
+    return words, "stop"
+
+
+def check_auth(request: web.Request, settings: Settings) -> web.Response | None:
+    if settings.api_key is None:
+        return None
+    supplied = request.headers.get("Authorization", "")
+    expected = f"Bearer {settings.api_key}"
+    if hmac.compare_digest(supplied.encode(), expected.encode()):
+        return None
+    return error_response(401, "Incorrect API key provided.")
+
+
+def requested_status(request: web.Request, model: str) -> int | None:
+    header = request.headers.get("X-Fake-Status")
+    if header is None and model.startswith(ERROR_MODEL_PREFIX):
+        header = model.removeprefix(ERROR_MODEL_PREFIX)
+    if header is None:
+        return None
+    try:
+        status = int(header)
+    except ValueError:
+        return 400
+    return status if 400 <= status <= 599 else 400
+
+
+def delay_seconds(request: web.Request, settings: Settings) -> float:
+    forced = request.headers.get("X-Fake-Delay-Ms")
+    if forced is not None:
+        try:
+            return min(max(float(forced), 0.0), MAX_DELAY_MS) / 1000
+        except ValueError:
+            pass
+    jitter = settings.rng.uniform(0, settings.jitter_ms) if settings.jitter_ms else 0.0
+    return (settings.latency_ms + jitter) / 1000
+
+
+def completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    settings = request.app[SETTINGS_KEY]
+    if (denied := check_auth(request, settings)) is not None:
+        return denied
+    try:
+        payload = orjson.loads(await request.read())
+    except ValueError:  # orjson.JSONDecodeError is a ValueError
+        return error_response(400, "We could not parse the JSON body of your request.")
+    if not isinstance(payload, dict):
+        return error_response(400, "The request body must be a JSON object.")
+    model, messages = payload.get("model"), payload.get("messages")
+    if not isinstance(model, str) or not model:
+        return error_response(400, "you must provide a model parameter")
+    if not isinstance(messages, list) or not messages:
+        return error_response(400, "'messages' must be a non-empty array")
+
+    delay = delay_seconds(request, settings)
+    # Zero latency skips the sleep entirely: even sleep(0) costs a loop iteration.
+    if delay > 0:
+        await asyncio.sleep(delay)
+    status = requested_status(request, model)
+    if status is None and settings.error_rate and settings.rng.random() < settings.error_rate:
+        status = settings.rng.choice(INJECTED_STATUSES)
+    if status is not None:
+        return injected_error(status)
+
+    max_tokens = payload.get("max_completion_tokens", payload.get("max_tokens"))
+    words, finish_reason = build_reply(
+        messages, max_tokens if isinstance(max_tokens, int) else None
+    )
+    prompt_tokens = sum(count_tokens(message_text(m)) for m in messages)
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": len(words),
+        "total_tokens": prompt_tokens + len(words),
+    }
+    if payload.get("stream") is True:
+        options = payload.get("stream_options")
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        return await stream_completion(
+            request, settings, model, words, finish_reason, usage if include_usage else None
+        )
+    body = {
+        "id": completion_id(),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": " ".join(words)},
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
+        ],
+        "usage": usage,
+    }
+    return json_response(body)
+
+
+async def stream_completion(
+    request: web.Request,
+    settings: Settings,
+    model: str,
+    words: list[str],
+    finish_reason: str,
+    usage: dict | None,
+) -> web.StreamResponse:
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    base = {
+        "id": completion_id(),
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+    }
+
+    async def send(choices: list, **extra: object) -> None:
+        chunk = {**base, "choices": choices, **extra}
+        await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+
+    # OpenAI opens with the role, then content deltas, then an empty delta carrying finish_reason.
+    await send([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+    for start in range(0, len(words), WORDS_PER_DELTA):
+        if settings.chunk_delay_ms:
+            await asyncio.sleep(settings.chunk_delay_ms / 1000)
+        piece = " ".join(words[start : start + WORDS_PER_DELTA])
+        text = piece if start == 0 else " " + piece
+        await send([{"index": 0, "delta": {"content": text}, "finish_reason": None}])
+    await send([{"index": 0, "delta": {}, "finish_reason": finish_reason}])
+    if usage is not None:
+        await send([], usage=usage)
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
+
+
+async def list_models(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS_KEY]
+    if (denied := check_auth(request, settings)) is not None:
+        return denied
+    data = [
+        {"id": name, "object": "model", "created": 0, "owned_by": "fake-upstream"}
+        for name in settings.models
+    ]
+    return json_response({"object": "list", "data": data})
+
+
+async def health(_request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+def create_app(settings: Settings | None = None) -> web.Application:
+    # Real providers accept large prompts; aiohttp's 1 MiB default would reject them.
+    app = web.Application(client_max_size=32 * 1024 * 1024)
+    app[SETTINGS_KEY] = settings or Settings()
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/health", health)
+    return app
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Settings:
+    def env(name: str, default: str | None = None) -> str | None:
+        return os.environ.get(f"FAKE_UPSTREAM_{name}", default)
+
+    # argparse converts string defaults with `type`, so environment values are checked too.
+    parser = argparse.ArgumentParser(
+        prog="llm-fake-upstream", description="Fake OpenAI-compatible upstream."
+    )
+    parser.add_argument("--host", default=env("HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=env("PORT", "9000"))
+    parser.add_argument("--latency-ms", type=float, default=env("LATENCY_MS", "300"))
+    parser.add_argument("--jitter-ms", type=float, default=env("JITTER_MS", "100"))
+    parser.add_argument("--error-rate", type=float, default=env("ERROR_RATE", "0"))
+    parser.add_argument("--chunk-delay-ms", type=float, default=env("CHUNK_DELAY_MS", "20"))
+    parser.add_argument("--models", default=env("MODELS", "fake-model"))
+    parser.add_argument("--api-key", default=env("API_KEY") or None)
+    parser.add_argument("--seed", type=int, default=env("SEED") or None)
+    args = parser.parse_args(argv)
+    try:
+        return Settings(
+            host=args.host,
+            port=args.port,
+            latency_ms=args.latency_ms,
+            jitter_ms=args.jitter_ms,
+            error_rate=args.error_rate,
+            chunk_delay_ms=args.chunk_delay_ms,
+            models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
+            api_key=args.api_key,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = parse_args(argv)
+    try:
+        # uvloop trims per-request overhead, keeping the benchmark's direct baseline honest.
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        loop = None
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        access_log=None,
+        print=lambda msg: print(msg, flush=True),
+        loop=loop,
+    )
+
+
+if __name__ == "__main__":
+    main()
