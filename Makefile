@@ -1,0 +1,101 @@
+# Every workflow of the repository, for people and CI alike (.ci/run calls `make test`).
+# `make` alone lists the targets.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+# Targets run in the order given (test: cheap checks first), also under `make -j`.
+.NOTPARALLEL:
+
+PYTHON ?= python3
+VENV := $(CURDIR)/.venv
+VENV_STAMP := $(VENV)/.requirements-installed
+# Tools installed into .venv/ (ansible-playbook, molecule, ...) come first on PATH, so
+# molecule and ansible find each other there.
+export PATH := $(VENV)/bin:$(PATH)
+# Image the lab and molecule containers run: <LAB_IMAGE>:latest. A name outside
+# localhost/ is pulled instead of built (see scripts/lab/build-image.sh).
+export LAB_IMAGE ?= localhost/llmgw-debian13-systemd
+# podman cannot give a container limits above its own hard limits (it lowers its nproc
+# to 32768), so the lab and molecule containers get the host's values, capped.
+export LAB_NOFILE := $(shell n=$$(ulimit -Hn); [[ $$n == unlimited ]] && n=1048576; echo $$n)
+export LAB_NPROC := $(shell n=$$(ulimit -Hu); [[ $$n == unlimited || $$n -gt 32768 ]] && n=32768; echo $$n)
+LAB_CREDENTIALS := $(CURDIR)/.lab/credentials
+GATEWAY_URL := http://127.0.0.1:4000
+LAB_MODEL := fake-gpt
+EVIDENCE_PLAYBOOK := playbooks/evidence.yml
+INVENTORIES := lab staging production
+
+.PHONY: help host-deps venv image lab-hosts lab lab-down lint syntax shared-vars-test \
+	app-test molecule evidence bench test
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-17s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+host-deps: ## Install the host's apt packages and configure podman (root, idempotent)
+	scripts/lab/host-deps.sh
+
+venv: $(VENV_STAMP) ## Controller tools in .venv/ from requirements/controller.txt
+
+$(VENV_STAMP): requirements/controller.txt
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements/controller.txt
+	touch $@
+
+image: host-deps ## Build the Debian 13 systemd image unless its recipe is unchanged
+	scripts/lab/build-image.sh
+
+lab-hosts: host-deps venv image ## Start the lab containers lab-db and lab-gateway
+	ansible-playbook -i inventory/lab playbooks/lab_up.yml
+
+lab: lab-hosts ## The whole lab: hosts, site.yml, evidence; prints how to use it
+	ansible-playbook -i inventory/lab site.yml
+	$(MAKE) --no-print-directory evidence
+	@echo
+	@echo "Gateway: $(GATEWAY_URL)"
+	@echo "Chat call:"
+	@echo "  curl -sS $(GATEWAY_URL)/v1/chat/completions \\"
+	@echo "    -H \"Authorization: Bearer \$$(cat $(LAB_CREDENTIALS)/gateway_master_key)\" \\"
+	@echo "    -H 'Content-Type: application/json' \\"
+	@echo "    -d '{\"model\": \"$(LAB_MODEL)\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}]}'"
+	@echo "Lab secrets: $(LAB_CREDENTIALS)/"
+
+lab-down: venv ## Remove the lab containers and their network
+	ansible-playbook -i inventory/lab playbooks/lab_down.yml
+
+evidence: venv ## Collect the lab's evidence (when playbooks/evidence.yml exists)
+	@if [[ -f $(EVIDENCE_PLAYBOOK) ]]; then \
+		ansible-playbook -i inventory/lab $(EVIDENCE_PLAYBOOK); \
+	else \
+		echo "evidence: $(EVIDENCE_PLAYBOOK) does not exist yet, skipped"; \
+	fi
+
+lint: venv ## yamllint, ansible-lint (profile production), ruff
+	yamllint --strict .
+	ansible-lint
+	ruff check tests molecule
+	ruff format --check tests molecule
+	$(MAKE) -C app lint
+
+syntax: venv ## Syntax-check every entry point against every inventory (no connections)
+	for inventory in $(INVENTORIES); do \
+		ansible-inventory -i inventory/$$inventory --graph; \
+		for playbook in site.yml playbooks/*.yml; do \
+			echo "syntax: $$playbook -i inventory/$$inventory"; \
+			ansible-playbook -i inventory/$$inventory --syntax-check $$playbook >/dev/null; \
+		done; \
+	done
+
+shared-vars-test: venv ## Prove the shared group_vars reach every entry-point playbook
+	pytest tests
+
+app-test: ## The app's own tests (app/Makefile)
+	$(MAKE) -C app venv test
+
+molecule: host-deps venv image ## molecule test: create, converge, idempotence, verify, destroy
+	molecule test
+
+bench: ## The app's benchmark (app/Makefile)
+	$(MAKE) -C app bench
+
+test: host-deps venv lint syntax shared-vars-test app-test molecule ## Everything CI runs
