@@ -1,0 +1,169 @@
+"""Operational endpoints: models list, health, DB stats, stored exchanges, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.responses import JSONResponse, Response
+
+from llm_gateway import metrics
+from llm_gateway.auth import key_alias
+from llm_gateway.gateway import Gateway
+from llm_gateway.models import RequestRecord, ResponseRecord
+
+router = APIRouter()
+HEALTH_TIMEOUT_S = 5.0
+
+
+def _gateway(request: Request) -> Gateway:
+    return request.app.state.gateway
+
+
+def require_key(request: Request) -> str:
+    gateway = _gateway(request)
+    alias = key_alias(request.headers.get("authorization"), gateway.config.key_aliases)
+    if alias is None:
+        raise HTTPException(401, "missing or invalid API key")
+    return alias
+
+
+def _optional_key(flag: str):
+    def check(request: Request) -> None:
+        if getattr(_gateway(request).config, flag):
+            require_key(request)
+
+    return check
+
+
+def _engine(gateway: Gateway):
+    if gateway.engine is None:
+        raise HTTPException(503, "database is not configured (DATABASE_URL unset)")
+    return gateway.engine
+
+
+def _pool_state(gateway: Gateway) -> dict[str, Any]:
+    if gateway.engine is None:
+        return {}
+    pool = gateway.engine.pool
+    return {
+        "size": pool.size(),
+        "checked_out": pool.checkedout(),
+        "overflow": pool.overflow(),
+        "checked_in": pool.checkedin(),
+        "max_overflow": gateway.config.database.max_overflow,
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    return value
+
+
+@router.get("/v1/models", dependencies=[Depends(require_key)])
+async def list_models(request: Request) -> dict:
+    return {
+        "object": "list",
+        "data": [
+            {"id": name, "object": "model", "created": 0, "owned_by": "llm-gateway"}
+            for name in _gateway(request).router.model_names
+        ],
+    }
+
+
+@router.get("/api/health", dependencies=[Depends(_optional_key("health_requires_auth"))])
+async def health(request: Request) -> JSONResponse:
+    """Runs a real query through the pool: a health check that skips the DB proves nothing."""
+    gateway = _gateway(request)
+    database: dict[str, Any] = {"ok": False}
+    if gateway.engine is None:
+        database["error"] = "DATABASE_URL unset"
+    else:
+
+        def ping() -> None:
+            with gateway.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+
+        try:
+            await asyncio.wait_for(run_in_threadpool(ping), HEALTH_TIMEOUT_S)
+            database["ok"] = True
+        except (SQLAlchemyError, TimeoutError) as exc:
+            database["error"] = exc.__class__.__name__
+    writer = gateway.writer
+    body = {
+        "status": "healthy" if database["ok"] else "unhealthy",
+        "database": database,
+        "pool": _pool_state(gateway),
+        "writer": {
+            "queue_depth": writer.queue.qsize(),
+            "spool_backlog": writer.spool.backlog,
+            "db_ok": writer.db_ok,
+        },
+        "log_mode": gateway.config.log_mode,
+    }
+    return JSONResponse(body, status_code=200 if database["ok"] else 503)
+
+
+def _query(gateway: Gateway, run):
+    try:
+        with _engine(gateway).connect() as conn:
+            return run(conn)
+    except SQLAlchemyError as exc:
+        raise HTTPException(503, f"database unavailable: {exc.__class__.__name__}") from exc
+
+
+@router.get("/api/db-stats", dependencies=[Depends(require_key)])
+def db_stats(request: Request) -> dict:
+    gateway = _gateway(request)
+
+    def counts(conn) -> dict[str, int]:
+        return {
+            "requests": conn.scalar(select(func.count()).select_from(RequestRecord)),
+            "responses": conn.scalar(select(func.count()).select_from(ResponseRecord)),
+        }
+
+    return {
+        "rows": _query(gateway, counts),
+        "pool": _pool_state(gateway),
+        "writer": gateway.writer.snapshot(),
+        "log_mode": gateway.config.log_mode,
+    }
+
+
+Limit = Annotated[int, Query(ge=1, le=1000)]
+
+
+def _latest(request: Request, model: type, limit: int) -> dict:
+    table = model.__table__
+
+    def fetch(conn) -> list[dict]:
+        rows = conn.execute(select(table).order_by(table.c.id.desc()).limit(limit)).mappings()
+        return [{key: _jsonable(value) for key, value in row.items()} for row in rows]
+
+    data = _query(_gateway(request), fetch)
+    return {"object": "list", "data": data, "count": len(data)}
+
+
+@router.get("/api/requests", dependencies=[Depends(require_key)])
+def latest_requests(request: Request, limit: Limit = 10) -> dict:
+    return _latest(request, RequestRecord, limit)
+
+
+@router.get("/api/responses", dependencies=[Depends(require_key)])
+def latest_responses(request: Request, limit: Limit = 10) -> dict:
+    return _latest(request, ResponseRecord, limit)
+
+
+@router.get("/metrics", dependencies=[Depends(_optional_key("metrics_requires_auth"))])
+def prometheus_metrics() -> Response:
+    payload, content_type = metrics.render()
+    return Response(payload, media_type=content_type)

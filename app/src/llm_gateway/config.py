@@ -1,0 +1,253 @@
+"""config.yaml in LiteLLM proxy format, validated once at startup.
+
+Only OpenAI-compatible providers are served (``model: openai/<upstream-name>``). Anything we
+cannot serve is a startup error naming the entry and the reason, so a bad deploy fails at
+once instead of on the first request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import SecretStr
+
+from llm_gateway.settings import EnvSettings
+
+ENV_REF_PREFIX = "os.environ/"
+SUPPORTED_PROVIDERS = ("openai",)
+DEFAULT_API_BASE = "https://api.openai.com/v1"
+
+
+class ConfigError(Exception):
+    """Configuration cannot be served; the message lists every problem found."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid gateway configuration:\n  - " + "\n  - ".join(problems))
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One model_list entry: where requests for ``model_name`` go."""
+
+    model_name: str
+    upstream_model: str
+    api_base: str
+    api_key: SecretStr
+    timeout_s: float
+    input_cost_per_token: float
+    output_cost_per_token: float
+
+    @property
+    def chat_url(self) -> str:
+        return self.api_base.rstrip("/") + "/chat/completions"
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    pool_size: int = 5
+    max_overflow: int = 5
+    pool_recycle: int = 1800
+    pool_pre_ping: bool = True
+    pool_timeout: float = 10.0
+    connect_timeout: int = 5
+
+
+@dataclass(frozen=True)
+class WriterSettings:
+    queue_size: int = 10_000
+    batch_size: int = 500
+    flush_interval_ms: float = 20.0
+    retry_interval_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    deployments: dict[str, list[Deployment]]
+    # sha256(key) -> alias; hashing keeps raw keys out of the lookup table and log paths.
+    key_aliases: dict[str, str]
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    writer: WriterSettings = field(default_factory=WriterSettings)
+    log_mode: Literal["async", "sync"] = "async"
+    health_requires_auth: bool = False
+    metrics_requires_auth: bool = False
+    max_request_body_bytes: int = 1024 * 1024
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _resolve_secret(value: Any, where: str, problems: list[str]) -> str | None:
+    """Return the literal or the environment value of an ``os.environ/NAME`` reference."""
+    if value is None or value == "":
+        problems.append(f"{where}: missing")
+        return None
+    text = str(value)
+    if text.startswith(ENV_REF_PREFIX):
+        name = text[len(ENV_REF_PREFIX) :]
+        resolved = os.environ.get(name)
+        if not resolved:
+            problems.append(f"{where}: environment variable {name} is not set")
+            return None
+        return resolved
+    return text
+
+
+def _number(raw: dict, key: str, default: float, where: str, problems: list[str]) -> float:
+    value = raw.get(key, default)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        problems.append(f"{where}.{key}: not a number ({value!r})")
+        return default
+    if number < 0:
+        problems.append(f"{where}.{key}: must not be negative")
+    return number
+
+
+def _parse_deployment(index: int, entry: Any, problems: list[str]) -> Deployment | None:
+    if not isinstance(entry, dict):
+        problems.append(f"model_list[{index}]: must be a mapping")
+        return None
+    model_name = entry.get("model_name")
+    label = f"model_list[{index}] ({model_name!r})"
+    if not model_name or not isinstance(model_name, str):
+        problems.append(f"{label}: model_name missing")
+        return None
+    params = entry.get("litellm_params") or {}
+    info = entry.get("model_info") or {}
+    if not isinstance(params, dict) or not isinstance(info, dict):
+        problems.append(f"{label}: litellm_params and model_info must be mappings")
+        return None
+    model = str(params.get("model") or "")
+    provider, sep, upstream_model = model.partition("/")
+    if not sep or not upstream_model:
+        problems.append(f"{label}: litellm_params.model must look like 'openai/<name>' ({model!r})")
+        return None
+    if provider not in SUPPORTED_PROVIDERS:
+        problems.append(
+            f"{label}: provider {provider!r} is not OpenAI-compatible "
+            f"(supported: {', '.join(p + '/' for p in SUPPORTED_PROVIDERS)})"
+        )
+        return None
+    api_key = _resolve_secret(params.get("api_key"), f"{label}: litellm_params.api_key", problems)
+    api_base = _resolve_secret(
+        params.get("api_base", DEFAULT_API_BASE), f"{label}: litellm_params.api_base", problems
+    )
+    if api_base and not api_base.startswith(("http://", "https://")):
+        problems.append(f"{label}: litellm_params.api_base must be an http(s) URL")
+    timeout = _number(params, "timeout", 600.0, f"{label}: litellm_params", problems)
+    if api_key is None or api_base is None:
+        return None
+    return Deployment(
+        model_name=model_name,
+        upstream_model=upstream_model,
+        api_base=api_base,
+        api_key=SecretStr(api_key),
+        timeout_s=timeout or 600.0,
+        input_cost_per_token=_number(info, "input_cost_per_token", 0.0, label, problems),
+        output_cost_per_token=_number(info, "output_cost_per_token", 0.0, label, problems),
+    )
+
+
+def _parse_keys(general: dict, env: EnvSettings, problems: list[str]) -> dict[str, str]:
+    aliases: dict[str, str] = {}
+    if env.master_key is not None and env.master_key.get_secret_value():
+        master = env.master_key.get_secret_value()
+    else:
+        master = _resolve_secret(general.get("master_key"), "general_settings.master_key", problems)
+    if master:
+        aliases[hash_key(master)] = "master"
+    for index, item in enumerate(general.get("api_keys") or []):
+        where = f"general_settings.api_keys[{index}]"
+        if not isinstance(item, dict) or not item.get("alias"):
+            problems.append(f"{where}: needs 'alias' and 'key'")
+            continue
+        key = _resolve_secret(item.get("key"), f"{where} ({item['alias']!r}).key", problems)
+        if key:
+            aliases[hash_key(key)] = str(item["alias"])
+    return aliases
+
+
+def _dataclass_from(cls: type, raw: dict, aliases: dict[str, str], where: str, problems: list):
+    """Fill a settings dataclass from ``raw`` (accepting LiteLLM's names via ``aliases``)."""
+    values = {}
+    for name, default in cls.__dataclass_fields__.items():
+        keys = [name] + [alias for alias, target in aliases.items() if target == name]
+        for key in keys:
+            if key in raw:
+                try:
+                    values[name] = type(default.default)(raw[key])
+                except (TypeError, ValueError):
+                    problems.append(f"{where}.{key}: invalid value {raw[key]!r}")
+                break
+    return cls(**values)
+
+
+# LiteLLM's own general_settings names for the same knobs, so its files work unchanged.
+_LITELLM_DB_ALIASES = {
+    "database_connection_pool_limit": "pool_size",
+    "database_connection_timeout": "pool_timeout",
+}
+
+
+def build_config(raw: Any, env: EnvSettings) -> GatewayConfig:
+    problems: list[str] = []
+    if not isinstance(raw, dict):
+        raise ConfigError(["top level must be a mapping with model_list and general_settings"])
+    model_list = raw.get("model_list")
+    if not isinstance(model_list, list) or not model_list:
+        problems.append("model_list: must be a non-empty list")
+        model_list = []
+    general = raw.get("general_settings") or {}
+    if not isinstance(general, dict):
+        problems.append("general_settings: must be a mapping")
+        general = {}
+
+    deployments: dict[str, list[Deployment]] = {}
+    for index, entry in enumerate(model_list):
+        deployment = _parse_deployment(index, entry, problems)
+        if deployment is not None:
+            deployments.setdefault(deployment.model_name, []).append(deployment)
+
+    key_aliases = _parse_keys(general, env, problems)
+    database = _dataclass_from(
+        DatabaseSettings, general, _LITELLM_DB_ALIASES, "general_settings", problems
+    )
+    writer = _dataclass_from(WriterSettings, general.get("writer") or {}, {}, "writer", problems)
+    log_mode = general.get("log_mode", "async")
+    if log_mode not in ("async", "sync"):
+        problems.append(f"general_settings.log_mode: must be 'async' or 'sync' ({log_mode!r})")
+    limit = general.get("max_request_body_bytes", 1024 * 1024)
+    if not isinstance(limit, int) or limit <= 0:
+        problems.append("general_settings.max_request_body_bytes: must be a positive integer")
+    if problems:
+        raise ConfigError(problems)
+    return GatewayConfig(
+        deployments=deployments,
+        key_aliases=key_aliases,
+        database=database,
+        writer=writer,
+        log_mode=log_mode,
+        health_requires_auth=bool(general.get("health_requires_auth", False)),
+        metrics_requires_auth=bool(general.get("metrics_requires_auth", False)),
+        max_request_body_bytes=limit,
+    )
+
+
+def load_config(env: EnvSettings | None = None, path: Path | None = None) -> GatewayConfig:
+    env = env or EnvSettings()
+    path = path or env.config_path
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError([f"{path}: file not found"]) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML ({exc})"]) from exc
+    return build_config(raw, env)

@@ -1,0 +1,130 @@
+"""Application factory: ``gunicorn ... 'llm_gateway.main:create_app()'`` (one per worker)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aiohttp
+import orjson
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from llm_gateway import __version__, api, proxy
+from llm_gateway.config import GatewayConfig, load_config
+from llm_gateway.db import connection_facts, make_engine
+from llm_gateway.errors import error_response
+from llm_gateway.gateway import Gateway
+from llm_gateway.settings import EnvSettings
+from llm_gateway.spool import Spool
+from llm_gateway.writer import ExchangeWriter
+
+log = logging.getLogger("llm_gateway")
+
+
+def emit_event(event: str, **fields) -> None:
+    """One greppable line on stderr: ``<event> {json}`` (the deployment cuts evidence from it)."""
+    line = event + " " + orjson.dumps({"event": event, "pid": os.getpid(), **fields}).decode()
+    print(line, file=sys.stderr, flush=True)
+
+
+async def _announce_database(gateway: Gateway, retry_s: float) -> None:
+    """Log ``db_connected`` once the database answers; until then ``db_unavailable`` once.
+
+    The service starts without a database (chat keeps working, exchanges spool), so this
+    keeps trying in the background instead of blocking startup.
+    """
+    if gateway.engine is None:
+        emit_event("db_unavailable", reason="DATABASE_URL is not set")
+        return
+    reported = False
+    while True:
+        try:
+            facts = await asyncio.to_thread(
+                connection_facts, gateway.engine, gateway.config.database
+            )
+        except Exception as exc:  # any failure means "not yet"; report it once
+            gateway.writer.db_ok = False
+            if not reported:
+                emit_event(
+                    "db_unavailable",
+                    error=exc.__class__.__name__,
+                    host=gateway.engine.url.host,
+                    retry_s=retry_s,
+                )
+                reported = True
+            await asyncio.sleep(retry_s)
+            continue
+        facts.pop("event")
+        emit_event("db_connected", **facts)
+        return
+
+
+def create_app(config: GatewayConfig | None = None, env: EnvSettings | None = None) -> FastAPI:
+    # Config errors surface here, at worker boot, naming the entry and the reason.
+    env = env or EnvSettings()
+    config = config or load_config(env)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        url = env.database_url.get_secret_value() if env.database_url else None
+        engine = make_engine(url, config.database) if url else None
+        spool = Spool(env.spool_dir)
+        spool.open()
+        writer = ExchangeWriter(engine, spool, config.writer)
+        writer.start()
+        # One pooled client session per worker; aiohttp rather than httpx because its
+        # client costs ~3-4x less CPU per request here (shared/PERF_ANCHORS.md).
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            auto_decompress=False,
+        )
+        gateway = Gateway(config=config, writer=writer, session=session, engine=engine)
+        app.state.gateway = gateway
+        announcer = asyncio.create_task(_announce_database(gateway, config.writer.retry_interval_s))
+        try:
+            yield
+        finally:
+            announcer.cancel()
+            await writer.stop()
+            await session.close()
+            if engine is not None:
+                engine.dispose()
+            emit_event("shutdown", **writer.snapshot())
+
+    app = FastAPI(
+        title="llm-gateway",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    # The hot path is a bare Starlette route (see proxy.py for why).
+    app.router.add_route(proxy.ROUTE, proxy.chat_completions, methods=["POST"])
+    app.include_router(api.router)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    return app
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    codes = {401: "invalid_api_key", 404: "not_found", 405: "method_not_allowed"}
+    return error_response(exc.status_code, str(exc.detail), codes.get(exc.status_code))
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+    problems = [
+        f"{'.'.join(str(p) for p in err['loc'][1:]) or err['loc'][0]}: {err['msg']}"
+        for err in exc.errors()
+    ]
+    first = exc.errors()[0]["loc"] if exc.errors() else ()
+    param = str(first[-1]) if first else None
+    return error_response(422, "; ".join(problems), "invalid_parameter", param)

@@ -1,0 +1,56 @@
+"""Prometheus metrics. With several gunicorn workers set PROMETHEUS_MULTIPROC_DIR so
+/metrics aggregates all of them (prometheus-client's multiprocess mode)."""
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_OVERHEAD_BUCKETS = (0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01)
+
+REQUESTS = Counter(
+    "llm_gateway_requests_total", "Chat completion requests", ["model", "status_code"]
+)
+LATENCY = Histogram(
+    "llm_gateway_request_latency_seconds",
+    "Total request latency",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
+)
+DB_OVERHEAD = Histogram(
+    "llm_gateway_db_overhead_seconds",
+    "Time the request path spent on logging",
+    buckets=_OVERHEAD_BUCKETS,
+)
+TOKENS = Counter("llm_gateway_tokens_total", "Tokens used", ["model", "kind"])
+COST = Counter("llm_gateway_cost_total", "Cost computed from model_info prices", ["model"])
+WRITER_QUEUE = Gauge(
+    "llm_gateway_writer_queue_depth", "Exchanges waiting for the writer", multiprocess_mode="sum"
+)
+SPOOL_BACKLOG = Gauge(
+    "llm_gateway_spool_backlog", "Exchanges on disk awaiting replay", multiprocess_mode="sum"
+)
+WRITER_EXCHANGES = Counter("llm_gateway_writer_exchanges_total", "Exchanges committed", ["path"])
+WRITER_FAILURES = Counter("llm_gateway_writer_failures_total", "Failed batch commits")
+SPOOLED = Counter("llm_gateway_spooled_total", "Exchanges written to the spool")
+BATCH_COMMIT = Histogram(
+    "llm_gateway_writer_batch_commit_seconds",
+    "Batch commit latency",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+)
+
+
+def render() -> tuple[bytes, str]:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST

@@ -1,0 +1,395 @@
+"""POST /v1/chat/completions: the hot path.
+
+Deliberately a plain Starlette endpoint: FastAPI's dependency/validation machinery and
+pydantic models cost more per request than the whole logging path. The body is parsed
+with orjson and the few fields we route on are checked by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from llm_gateway import metrics
+from llm_gateway.auth import key_alias, redacted_headers
+from llm_gateway.config import Deployment
+from llm_gateway.errors import error_body, error_response
+from llm_gateway.gateway import Gateway
+
+ROUTE = "/v1/chat/completions"
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+@dataclass
+class Exchange:
+    """What the request path knows about one call; becomes one requests + responses row."""
+
+    request: Request
+    alias: str | None
+    started_at: float = field(default_factory=time.time)
+    t0: float = field(default_factory=time.perf_counter)
+    request_id: str = field(default_factory=lambda: "req_" + uuid.uuid4().hex)
+    body: Any = None
+    model: str | None = None
+    deployment: Deployment | None = None
+
+    def record(self, status: int, response_body: Any, usage: Any, latency_s: float) -> dict:
+        """The row pair for the writer (plain dict: it may be spooled as JSON)."""
+        prompt = completion = total = cost = None
+        if isinstance(usage, dict):
+            prompt = usage.get("prompt_tokens")
+            completion = usage.get("completion_tokens")
+            total = usage.get("total_tokens")
+            if total is None and prompt is not None and completion is not None:
+                total = prompt + completion
+        if self.deployment is not None and (prompt or completion):
+            cost = round(
+                (prompt or 0) * self.deployment.input_cost_per_token
+                + (completion or 0) * self.deployment.output_cost_per_token,
+                6,
+            )
+        body = self.body if isinstance(self.body, dict) else None
+        user = body.get("user") if body else None
+        return {
+            "request_id": self.request_id,
+            "route": ROUTE,
+            "method": "POST",
+            "url": str(self.request.url),
+            "headers": redacted_headers(self.request.scope["headers"]),
+            "body": self.body,
+            "model": self.model,
+            "status_code": status,
+            "key_alias": self.alias,
+            "user": user if isinstance(user, str) else None,
+            "started_at": self.started_at,
+            "response_body": response_body,
+            "latency_ms": latency_s * 1000,
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "tokens_used": total,
+            "cost": cost,
+        }
+
+    def headers(self, overhead_s: float, latency_s: float) -> dict[str, str]:
+        return {
+            "X-Request-ID": self.request_id,
+            "X-DB-Overhead": f"{overhead_s * 1000:.2f}ms",
+            "X-Total-Latency": f"{latency_s * 1000:.2f}ms",
+        }
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _validate(body: Any) -> tuple[str, str | None]:
+    """Return (message, param) for the first problem, or ("", None) when routable."""
+    if not isinstance(body, dict):
+        return "request body must be a JSON object", None
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        return "'model' is required and must be a string", "model"
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "'messages' is required and must be a non-empty array", "messages"
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            return f"messages[{index}] must be an object with a 'role'", f"messages[{index}]"
+    if "stream" in body and not isinstance(body["stream"], bool):
+        return "'stream' must be a boolean", "stream"
+    return "", None
+
+
+async def _log(gateway: Gateway, ex: Exchange, status: int, body: Any, usage: Any) -> dict:
+    """Log the exchange and return the response headers.
+
+    Default mode only enqueues (microseconds); ``log_mode: sync`` waits for the commit.
+    X-DB-Overhead is exactly the time spent here.
+    """
+    latency = time.perf_counter() - ex.t0
+    log_start = time.perf_counter()
+    record = ex.record(status, body, usage, latency)
+    if gateway.config.log_mode == "sync":
+        await gateway.writer.commit_now(record)
+    else:
+        gateway.writer.submit(record)
+    overhead = time.perf_counter() - log_start
+    _observe(ex, status, overhead, latency, record)
+    return ex.headers(overhead, latency + overhead)
+
+
+def _observe(ex: Exchange, status: int, overhead: float, latency: float, record: dict) -> None:
+    model = ex.model if ex.deployment is not None else "-"  # bounded label set
+    metrics.REQUESTS.labels(model, str(status)).inc()
+    metrics.LATENCY.labels(model).observe(latency)
+    metrics.DB_OVERHEAD.observe(overhead)
+    if record["tokens_used"]:
+        metrics.TOKENS.labels(model, "prompt").inc(record["prompt_tokens"] or 0)
+        metrics.TOKENS.labels(model, "completion").inc(record["completion_tokens"] or 0)
+    if record["cost"]:
+        metrics.COST.labels(model).inc(record["cost"])
+
+
+def _json_response(status: int, body: Any, headers: dict) -> Response:
+    return Response(orjson.dumps(body), status, headers=headers, media_type="application/json")
+
+
+async def chat_completions(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    alias = key_alias(request.headers.get("authorization"), gateway.config.key_aliases)
+    ex = Exchange(request, alias)
+    if alias is None:
+        # Unauthenticated calls are not logged: a stranger must not be able to fill the DB.
+        return error_response(
+            401,
+            "missing or invalid API key",
+            "invalid_api_key",
+            headers=ex.headers(0.0, time.perf_counter() - ex.t0),
+        )
+    try:
+        raw = await _read_body(request, gateway.config.max_request_body_bytes)
+    except BodyTooLarge:
+        return await _reject(
+            gateway,
+            ex,
+            413,
+            f"request body exceeds {gateway.config.max_request_body_bytes} bytes",
+            "request_too_large",
+        )
+    try:
+        ex.body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return await _reject(gateway, ex, 400, "request body is not valid JSON", "invalid_json")
+    problem, param = _validate(ex.body)
+    if problem:
+        return await _reject(gateway, ex, 400, problem, "invalid_request", param)
+    ex.model = ex.body["model"]
+    ex.deployment = gateway.router.pick(ex.model)
+    if ex.deployment is None:
+        return await _reject(
+            gateway, ex, 404, f"model {ex.model!r} is not configured", "model_not_found", "model"
+        )
+    if ex.body.get("stream"):
+        return await _stream(gateway, ex)
+    return await _forward(gateway, ex)
+
+
+async def _reject(gateway, ex, status, message, code, param=None) -> Response:
+    body = error_body(status, message, code, param)
+    return _json_response(status, body, await _log(gateway, ex, status, body, None))
+
+
+def _upstream_payload(ex: Exchange) -> dict:
+    payload = dict(ex.body)
+    payload["model"] = ex.deployment.upstream_model
+    return payload
+
+
+def _upstream_headers(deployment: Deployment) -> dict[str, str]:
+    return {
+        "Authorization": "Bearer " + deployment.api_key.get_secret_value(),
+        "Content-Type": "application/json",
+    }
+
+
+def _map_upstream_error(status: int, raw: bytes) -> tuple[int, dict]:
+    """Upstream 4xx keeps its status (and its OpenAI error body if it sent one); anything
+    else is the gateway's upstream failing: 502."""
+    try:
+        parsed = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        parsed = None
+    if 400 <= status < 500:
+        if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+            return status, parsed
+        text = raw.decode("utf-8", "replace")[:500] or f"HTTP {status}"
+        message = f"upstream rejected the request: {text}"
+        return status, error_body(status, message, "upstream_error")
+    return 502, error_body(502, f"upstream returned HTTP {status}", f"upstream_http_{status}")
+
+
+def _transport_error(exc: BaseException) -> tuple[int, dict]:
+    if isinstance(exc, asyncio.TimeoutError):
+        return 504, error_body(504, "upstream timed out", "upstream_timeout")
+    return 502, error_body(
+        502, f"upstream unreachable: {exc.__class__.__name__}", "upstream_unreachable"
+    )
+
+
+async def _forward(gateway: Gateway, ex: Exchange) -> Response:
+    deployment = ex.deployment
+    try:
+        async with gateway.session.post(
+            deployment.chat_url,
+            data=orjson.dumps(_upstream_payload(ex)),
+            headers=_upstream_headers(deployment),
+            timeout=gateway.timeout_for(deployment),
+        ) as upstream:
+            raw = await upstream.read()
+            status = upstream.status
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        status, body = _transport_error(exc)
+        return _json_response(status, body, await _log(gateway, ex, status, body, None))
+
+    if status == 200:
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            status, body = 502, error_body(502, "upstream sent invalid JSON", "upstream_bad_json")
+            raw = orjson.dumps(body)
+        usage = body.get("usage") if isinstance(body, dict) else None
+        headers = await _log(gateway, ex, status, body, usage)
+        # Relay the upstream's bytes as-is: no re-serialisation on the hot path.
+        return Response(raw, status, headers=headers, media_type="application/json")
+
+    status, body = _map_upstream_error(status, raw)
+    return _json_response(status, body, await _log(gateway, ex, status, body, None))
+
+
+class _StreamLog:
+    """Accumulates the streamed answer so the logged row has the full text and usage."""
+
+    def __init__(self) -> None:
+        self.meta: dict[str, Any] = {}
+        self.content: dict[int, list[str]] = {}
+        self.finish: dict[int, str | None] = {}
+        self.usage: dict | None = None
+        self.chunks = 0
+
+    def feed(self, chunk: dict) -> None:
+        self.chunks += 1
+        if not self.meta:
+            self.meta = {k: chunk.get(k) for k in ("id", "created", "model")}
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = chunk["usage"]
+        for choice in chunk.get("choices") or []:
+            index = choice.get("index", 0)
+            delta = choice.get("delta") or {}
+            if isinstance(delta.get("content"), str):
+                self.content.setdefault(index, []).append(delta["content"])
+            if choice.get("finish_reason"):
+                self.finish[index] = choice["finish_reason"]
+
+    def body(self) -> dict:
+        indexes = sorted(set(self.content) | set(self.finish)) or [0]
+        return {
+            **self.meta,
+            "object": "chat.completion",
+            "stream": True,
+            "chunks": self.chunks,
+            "choices": [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": "".join(self.content.get(i, []))},
+                    "finish_reason": self.finish.get(i),
+                }
+                for i in indexes
+            ],
+            "usage": self.usage,
+        }
+
+
+async def _stream(gateway: Gateway, ex: Exchange) -> Response:
+    deployment = ex.deployment
+    payload = _upstream_payload(ex)
+    stream_options = payload.get("stream_options")
+    stream_options = dict(stream_options) if isinstance(stream_options, dict) else {}
+    client_wants_usage = bool(stream_options.get("include_usage"))
+    # Always ask for usage so the logged row has token counts and cost.
+    payload["stream_options"] = {**stream_options, "include_usage": True}
+    try:
+        upstream = await gateway.session.post(
+            deployment.chat_url,
+            data=orjson.dumps(payload),
+            headers=_upstream_headers(deployment),
+            timeout=gateway.timeout_for(deployment),
+        )
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        status, body = _transport_error(exc)
+        return _json_response(status, body, await _log(gateway, ex, status, body, None))
+    if upstream.status != 200:
+        try:
+            raw = await upstream.read()
+        except (TimeoutError, aiohttp.ClientError):
+            raw = b""
+        finally:
+            upstream.release()
+        status, body = _map_upstream_error(upstream.status, raw)
+        return _json_response(status, body, await _log(gateway, ex, status, body, None))
+
+    # Headers go out before the body exists, so they carry the time to first byte; the
+    # exchange is logged when the stream ends (its cost shows in the db_overhead metric).
+    headers = ex.headers(0.0, time.perf_counter() - ex.t0)
+    return StreamingResponse(
+        _relay(gateway, ex, upstream, client_wants_usage),
+        media_type="text/event-stream",
+        headers={**headers, "Cache-Control": "no-cache"},
+    )
+
+
+async def _relay(
+    gateway: Gateway, ex: Exchange, upstream: aiohttp.ClientResponse, client_wants_usage: bool
+) -> AsyncIterator[bytes]:
+    log = _StreamLog()
+    status = 200
+    error: dict | None = None
+    event: list[bytes] = []
+    try:
+        async for line in upstream.content:
+            if line.strip():
+                event.append(line)
+                continue
+            if not event:
+                continue
+            relay = True
+            for part in event:
+                if part.startswith(b"data:"):
+                    data = part[5:].strip()
+                    if data == b"[DONE]":
+                        continue
+                    try:
+                        chunk = orjson.loads(data)
+                    except orjson.JSONDecodeError:
+                        continue
+                    if isinstance(chunk, dict):
+                        log.feed(chunk)
+                        # We added include_usage; hide the usage-only chunk from clients
+                        # that did not ask for it (they may index choices[0]).
+                        if not client_wants_usage and not chunk.get("choices"):
+                            relay = False
+            if relay:
+                yield b"".join(event) + b"\n"
+            event = []
+        if event:
+            yield b"".join(event) + b"\n\n"
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        status, error = _transport_error(exc)
+        yield b"data: " + orjson.dumps(error) + b"\n\n"
+    finally:
+        upstream.release()
+        body = log.body()
+        if error is not None:
+            body["error"] = error["error"]
+        await _log(gateway, ex, status, body, log.usage)

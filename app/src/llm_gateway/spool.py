@@ -1,0 +1,139 @@
+"""Durable on-disk overflow for exchanges the database could not take (yet).
+
+Layout, one directory shared by all workers on a host:
+  ``active-<pid>.jsonl``          the file this worker appends to (one JSON exchange per line)
+  ``pending-<pid>-<seq>.jsonl``   sealed files waiting for replay, oldest first
+
+Appends are fsync'd per batch, so an acknowledged spool write survives a crash. Replay
+seals the active file first (rename is atomic), so appends never race with a replay.
+Files of workers that no longer run are adopted at startup; the rename decides which
+worker wins when several look at the same orphan.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+log = logging.getLogger(__name__)
+
+_FILE_RE = re.compile(r"^(?:active-(?P<apid>\d+)|pending-(?P<ppid>\d+)-(?P<seq>\d+))\.jsonl$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _count_lines(path: Path) -> int:
+    with path.open("rb") as handle:
+        return sum(1 for _ in handle)
+
+
+class Spool:
+    def __init__(self, directory: Path, pid: int | None = None):
+        self.directory = Path(directory)
+        self.pid = pid or os.getpid()
+        self.active = self.directory / f"active-{self.pid}.jsonl"
+        self._lock = threading.Lock()
+        self._seq = 0
+        self.backlog = 0  # exchanges on disk, not yet replayed
+        self.corrupt_lines = 0
+
+    def open(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._adopt_orphans()
+        self.backlog = sum(_count_lines(path) for path in self._pending_files())
+        if self.active.exists():
+            self.backlog += _count_lines(self.active)
+
+    def _next_pending(self) -> Path:
+        self._seq += 1
+        return self.directory / f"pending-{self.pid}-{self._seq:012d}.jsonl"
+
+    def _adopt_orphans(self) -> None:
+        orphans = []
+        for path in self.directory.glob("*.jsonl"):
+            match = _FILE_RE.match(path.name)
+            if not match:
+                continue
+            owner = int(match.group("apid") or match.group("ppid"))
+            # Our own pid here means a previous process that had our pid; it is gone.
+            if owner == self.pid or not _pid_alive(owner):
+                orphans.append(path)
+        # Oldest first, so replay keeps the order in which exchanges were spooled.
+        orphans.sort(key=lambda p: (p.stat().st_mtime_ns, p.name))
+        for path in orphans:
+            try:
+                os.rename(path, self._next_pending())
+            except FileNotFoundError:
+                continue  # another worker adopted it first
+            log.info("spool: adopted %s", path.name)
+
+    def _pending_files(self) -> list[Path]:
+        return sorted(self.directory.glob(f"pending-{self.pid}-*.jsonl"))
+
+    def append(self, exchanges: Iterable[dict[str, Any]]) -> int:
+        payload = b"".join(orjson.dumps(item) + b"\n" for item in exchanges)
+        count = payload.count(b"\n")
+        if not count:
+            return 0
+        with self._lock:
+            fd = os.open(self.active, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                os.write(fd, payload)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self.backlog += count
+        return count
+
+    def replay(self, write: Callable[[list[dict[str, Any]]], None], chunk: int = 1000) -> int:
+        """Feed every spooled exchange to ``write`` in order; stop at the first failure.
+
+        ``write`` must be idempotent: a crash after it committed but before the file was
+        removed replays the same exchanges again.
+        """
+        with self._lock:
+            if self.active.exists():
+                os.rename(self.active, self._next_pending())
+        replayed = 0
+        for path in self._pending_files():
+            batch: list[dict[str, Any]] = []
+            lines = 0
+            with path.open("rb") as handle:
+                for line in handle:
+                    lines += 1
+                    try:
+                        batch.append(orjson.loads(line))
+                    except orjson.JSONDecodeError:
+                        # A torn last line from a crash mid-append: it was never acknowledged.
+                        self.corrupt_lines += 1
+                        log.warning("spool: skipping unreadable line in %s", path.name)
+                        continue
+                    if len(batch) >= chunk:
+                        write(batch)
+                        replayed += len(batch)
+                        batch = []
+            if batch:
+                write(batch)
+                replayed += len(batch)
+            path.unlink()
+            with self._lock:
+                self.backlog = max(0, self.backlog - lines)
+        return replayed
+
+    def has_backlog(self) -> bool:
+        return self.backlog > 0

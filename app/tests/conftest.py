@@ -1,0 +1,338 @@
+"""Fixtures: a real PostgreSQL cluster, fake upstreams and gateway processes.
+
+The cluster is started by the test run itself from the PostgreSQL server binaries
+(newest /usr/lib/postgresql/*/bin). initdb and postgres refuse to run as root, so when
+the tests run as root the server runs as the ``postgres`` system user via runuser.
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg2
+import pytest
+import yaml
+
+from helpers import http_call
+
+MASTER_KEY = "sk-test-master"
+TEAM_KEY = "sk-test-team"
+PROVIDER_KEY_ENV = "TEST_PROVIDER_KEY"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {port}")
+
+
+def _pg_bindir() -> Path:
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"),
+        key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0,
+    )
+    if candidates:
+        return Path(candidates[-1]).parent
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).parent
+    pytest.exit("PostgreSQL server binaries not found (apt-get install postgresql)", 2)
+
+
+@dataclass
+class PostgresCluster:
+    bindir: Path
+    base: Path
+    port: int
+    as_postgres: list[str] = field(default_factory=list)
+
+    @property
+    def data(self) -> Path:
+        return self.base / "data"
+
+    def _run(self, *args: str) -> None:
+        subprocess.run([*self.as_postgres, *args], check=True, capture_output=True, cwd=self.base)
+
+    def init(self) -> None:
+        self._run(
+            str(self.bindir / "initdb"),
+            "-D",
+            str(self.data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c full_page_writes=off"
+        )
+        self._run(
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.base / "server.log"),
+            "-w",
+            "start",
+        )
+
+    def stop(self) -> None:
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def url(self, database: str = "postgres", user: str = "postgres") -> str:
+        return f"postgresql+psycopg2://{user}@127.0.0.1:{self.port}/{database}"
+
+    def connect(self, database: str = "postgres"):
+        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname=database)
+        conn.autocommit = True
+        return conn
+
+    def execute(self, sql: str, database: str = "postgres") -> None:
+        conn = self.connect(database)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql)
+        finally:
+            conn.close()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PostgresCluster]:
+    base = Path(tempfile.mkdtemp(prefix="llmgw-pg-"))
+    as_postgres = []
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres", "postgres")
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+    cluster = PostgresCluster(_pg_bindir(), base, free_port(), as_postgres)
+    cluster.init()
+    cluster.start()
+    yield cluster
+    try:
+        cluster.stop()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+_db_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def migrated_template(pg_cluster: PostgresCluster) -> str:
+    """A database migrated once with the real CLI; tests clone it (fast, isolated)."""
+    pg_cluster.execute("CREATE DATABASE gw_template")
+    subprocess.run(
+        [sys.executable, "-m", "llm_gateway.cli", "migrate"],
+        env={**os.environ, "DATABASE_URL": pg_cluster.url("gw_template")},
+        check=True,
+        capture_output=True,
+    )
+    return "gw_template"
+
+
+@pytest.fixture
+def database(pg_cluster: PostgresCluster, migrated_template: str) -> str:
+    """A fresh, migrated database for one test; returns its name."""
+    name = f"gw_test_{next(_db_counter)}"
+    pg_cluster.execute(f"CREATE DATABASE {name} TEMPLATE {migrated_template}")
+    return name
+
+
+def query(cluster: PostgresCluster, database: str, sql: str, params=()) -> list[tuple]:
+    conn = cluster.connect(database)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+@dataclass
+class Upstream:
+    proc: subprocess.Popen
+    port: int
+
+    @property
+    def api_base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+
+@contextmanager
+def _running_upstream(latency_ms: int) -> Iterator[Upstream]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "llm_gateway.fake_upstream",
+            "--host", "127.0.0.1", "--port", str(port),
+            "--latency-ms", str(latency_ms), "--jitter-ms", "0",
+            "--error-rate", "0", "--chunk-delay-ms", "0",
+        ],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    wait_for_port(port, proc=proc)
+    yield Upstream(proc, port)
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def fake_upstream() -> Iterator[Upstream]:
+    with _running_upstream(0) as upstream:
+        yield upstream
+
+
+@pytest.fixture(scope="session")
+def slow_upstream() -> Iterator[Upstream]:
+    """Answers after 3 s; the 'slow' model's 0.5 s timeout turns that into a 504."""
+    with _running_upstream(3000) as upstream:
+        yield upstream
+
+
+def gateway_config(fast: Upstream, slow: Upstream, **general) -> dict:
+    def entry(name, model, api_base, timeout=30, price=(0.000001, 0.000002)):
+        return {
+            "model_name": name,
+            "litellm_params": {
+                "model": f"openai/{model}",
+                "api_base": api_base,
+                "api_key": f"os.environ/{PROVIDER_KEY_ENV}",
+                "timeout": timeout,
+            },
+            "model_info": {"input_cost_per_token": price[0], "output_cost_per_token": price[1]},
+        }
+
+    return {
+        "model_list": [
+            entry("gpt-test", "fake-model", fast.api_base),
+            entry("balanced", "fake-a", fast.api_base),
+            entry("balanced", "fake-b", fast.api_base),
+            entry("upstream-400", "fake-error-400", fast.api_base),
+            entry("upstream-429", "fake-error-429", fast.api_base),
+            entry("upstream-500", "fake-error-500", fast.api_base),
+            entry("slow", "fake-model", slow.api_base, timeout=0.5),
+            entry("refused", "fake-model", f"http://127.0.0.1:{free_port()}/v1"),
+        ],
+        "general_settings": {
+            "master_key": "os.environ/GATEWAY_MASTER_KEY",
+            "api_keys": [{"alias": "team-a", "key": TEAM_KEY}],
+            "max_request_body_bytes": 64 * 1024,
+            "writer": {"flush_interval_ms": 10, "retry_interval_s": 0.3},
+            **general,
+        },
+    }
+
+
+@dataclass
+class GatewayProcess:
+    proc: subprocess.Popen
+    port: int
+    stderr_path: Path
+    spool_dir: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+    def call(self, method: str, path: str, body=None, key: str | None = MASTER_KEY, **kw):
+        return http_call(self.port, method, path, body, key, **kw)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(30)
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_gateway(tmp_path_factory, fake_upstream, slow_upstream):
+    """Factory: start a gateway (real uvicorn process) against a given database."""
+    started: list[GatewayProcess] = []
+
+    def start(database_url: str | None, **general) -> GatewayProcess:
+        workdir = tmp_path_factory.mktemp("gateway")
+        config_path = workdir / "config.yaml"
+        config_path.write_text(
+            yaml.safe_dump(gateway_config(fake_upstream, slow_upstream, **general))
+        )
+        port = free_port()
+        env = {
+            **os.environ,
+            "GATEWAY_CONFIG": str(config_path),
+            "GATEWAY_SPOOL_DIR": str(workdir / "spool"),
+            "GATEWAY_MASTER_KEY": MASTER_KEY,
+            PROVIDER_KEY_ENV: "sk-provider-secret",
+        }
+        env.pop("DATABASE_URL", None)
+        if database_url:
+            env["DATABASE_URL"] = database_url
+        stderr_path = workdir / "stderr.log"
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "llm_gateway.main:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-access-log",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr_path.open("w"),
+        )
+        gateway = GatewayProcess(proc, port, stderr_path, workdir / "spool")
+        started.append(gateway)
+        wait_for_port(port, proc=proc)
+        return gateway
+
+    yield start
+    for gateway in started:
+        gateway.stop()
+
+
+@pytest.fixture
+def gateway(start_gateway, pg_cluster, database) -> GatewayProcess:
+    """A default (async log mode) gateway with its own fresh database."""
+    gw = start_gateway(pg_cluster.url(database))
+    gw.database = database
+    return gw
