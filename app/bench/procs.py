@@ -1,0 +1,128 @@
+"""Processes the benchmark starts, and a throwaway PostgreSQL.
+
+Everything listens on 127.0.0.1 only and is registered on an ExitStack, so an error or a
+Ctrl-C still stops every process and removes the temporary directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+POSTGRES_ROOT = Path("/usr/lib/postgresql")
+STOP_TIMEOUT_S = 40  # gunicorn's graceful timeout (30 s) plus margin for the writer drain
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def venv_command(script: str, module: str) -> list[str]:
+    """The console script next to this interpreter (the app's venv), else ``python -m``."""
+    candidate = Path(sys.executable).parent / script
+    return [str(candidate)] if candidate.exists() else [sys.executable, "-m", module]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process, all its threads (from /proc, so no psutil)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def child_pids(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(child) for child in children]
+
+
+class Processes:
+    """Starts children in their own sessions (a terminal's Ctrl-C reaches only us) and
+    stops them on exit: SIGTERM first, so the gateway drains its writer, then SIGKILL."""
+
+    def __init__(self, stack: contextlib.ExitStack, log_dir: Path):
+        self.stack = stack
+        self.log_dir = log_dir
+
+    def start(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+        log = (self.log_dir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+        self.stack.callback(self.stop, proc)
+        return proc
+
+    @staticmethod
+    def stop(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> None:
+        if proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def log_text(self, name: str) -> str:
+        return (self.log_dir / f"{name}.log").read_text(errors="replace")
+
+
+def wait_until(check, what: str, proc: subprocess.Popen | None = None, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while not check():
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: not ready after {timeout} s")
+        time.sleep(0.1)
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def newest_postgres_bin() -> Path:
+    versions = [p for p in POSTGRES_ROOT.glob("*/bin") if (p / "initdb").exists()]
+    if not versions:
+        raise RuntimeError(f"no PostgreSQL server binaries under {POSTGRES_ROOT}")
+    return max(versions, key=lambda p: int(p.parent.name))
+
+
+def start_postgres(stack: contextlib.ExitStack, work: Path) -> str:
+    """initdb + start as the `postgres` user (the server refuses root); returns a SQLAlchemy URL.
+
+    Server settings stay at their defaults (fsync and synchronous_commit on), so sync mode
+    pays the commit cost a real deployment pays."""
+    bindir = newest_postgres_bin()
+    data = work / "pgdata"
+    data.mkdir()
+    shutil.chown(data, "postgres", "postgres")
+    as_postgres = ["runuser", "-u", "postgres", "--"]
+    run = {"check": True, "stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE}
+    subprocess.run(
+        [*as_postgres, bindir / "initdb", "-D", data, "-U", "postgres", "-A", "trust", "--no-sync"],
+        **run,
+    )
+    port = free_port()
+    options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1"
+    pg_ctl = [*as_postgres, bindir / "pg_ctl", "-D", data, "-w"]
+    subprocess.run([*pg_ctl, "-l", data / "server.log", "-o", options, "start"], **run)
+    stack.callback(
+        subprocess.run, [*pg_ctl, "-m", "fast", "stop"], stdout=subprocess.DEVNULL, check=False
+    )
+    psql = [bindir / "psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-qAt"]
+    subprocess.run([*psql, "-c", "CREATE DATABASE bench"], **run)
+    return f"postgresql+psycopg2://postgres@127.0.0.1:{port}/bench"
