@@ -1,0 +1,145 @@
+"""Shared testinfra plumbing for the molecule scenario.
+
+Host selection: testinfra runs every test module against every inventory host; a module
+(or test) marked ``@pytest.mark.host_group("database")`` runs only on hosts of that
+inventory group, so a database test never runs on the gateway:
+
+    pytestmark = [
+        pytest.mark.host_group("database"),
+        pytest.mark.systemd_unit("postgresql@17-main.service"),
+    ]
+
+Journal on failure: when a test marked ``@pytest.mark.systemd_unit(...)`` fails, the
+last 100 journal lines of each named unit on that host are added to the failure report.
+
+Fixtures: ``host`` is testinfra's, but hosts that Ansible reaches with
+containers.podman.podman are driven with testinfra's podman backend (``podman exec``)
+instead of one ansible-playbook run per command; ``hostvars`` (the host's inventory
+variables, untemplated), ``group_host`` (a testinfra host of another group, e.g. the
+database host from a gateway test) and ``credential`` (a lab-generated secret read on
+the controller).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import testinfra
+from testinfra.utils.ansible_runner import AnsibleRunner
+
+JOURNAL_LINES = 100
+# molecule's podman driver writes the short name, inventory/lab the full one.
+PODMAN_CONNECTIONS = {"podman", "containers.podman.podman"}
+REPOSITORY = Path(__file__).resolve().parents[3]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "host_group(name): run only on hosts of this inventory group"
+    )
+    config.addinivalue_line(
+        "markers", "systemd_unit(*units): on failure, print these units' journal"
+    )
+
+
+def _testinfra_host(item: pytest.Item) -> Any | None:
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("_testinfra_host") if callspec else None
+
+
+def _direct(ansible_host: Any) -> Any:
+    """The same host through podman exec when Ansible reaches it that way."""
+    variables = ansible_host.ansible.get_variables()
+    if variables.get("ansible_connection") not in PODMAN_CONNECTIONS:
+        return ansible_host
+    return testinfra.get_host(f"podman://{variables['inventory_hostname']}")
+
+
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    selected, deselected = [], []
+    for item in items:
+        marker = item.get_closest_marker("host_group")
+        host = _testinfra_host(item)
+        if marker is None or host is None:
+            selected.append(item)
+            continue
+        groups = host.ansible.get_variables()["group_names"]
+        (selected if marker.args[0] in groups else deselected).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = selected
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    report = yield
+    marker = item.get_closest_marker("systemd_unit")
+    ansible_host = _testinfra_host(item)
+    if report.when == "call" and report.failed and marker and ansible_host is not None:
+        name = ansible_host.backend.get_pytest_id()
+        for unit in marker.args:
+            journal = _direct(ansible_host).run(
+                "journalctl --no-pager -n %s -u %s", str(JOURNAL_LINES), unit
+            )
+            report.sections.append(
+                (f"journalctl -u {unit} -n {JOURNAL_LINES} on {name}", journal.stdout)
+            )
+    return report
+
+
+@pytest.fixture(scope="module")
+def host(_testinfra_host: Any) -> Any:
+    """The host under test (overrides testinfra's fixture of the same name)."""
+    return _direct(_testinfra_host)
+
+
+@pytest.fixture(scope="module")
+def hostvars(_testinfra_host: Any) -> dict[str, Any]:
+    """The host's inventory variables as ansible-inventory lists them (untemplated)."""
+    return _testinfra_host.ansible.get_variables()
+
+
+@pytest.fixture(scope="session")
+def group_host(request: pytest.FixtureRequest) -> Callable[[str], Any]:
+    """Returns the testinfra host of the first inventory host in a group."""
+    inventory = request.config.option.ansible_inventory
+
+    def first_host_of(group: str) -> Any:
+        name = AnsibleRunner(inventory).get_hosts(group)[0]
+        return _direct(
+            testinfra.get_host(f"ansible://{name}", ansible_inventory=inventory)
+        )
+
+    return first_host_of
+
+
+@pytest.fixture(scope="session")
+def credentials_dir() -> Path:
+    """Where the deployment generated its lab secrets on the controller.
+
+    molecule: <ephemeral dir>/secrets/credentials (molecule/default/inventory.yml);
+    otherwise the lab's .lab/credentials. DEPLOY_SECRETS_DIR overrides both.
+    """
+    if "DEPLOY_SECRETS_DIR" in os.environ:
+        secrets_dir = Path(os.environ["DEPLOY_SECRETS_DIR"])
+    elif "MOLECULE_EPHEMERAL_DIRECTORY" in os.environ:
+        secrets_dir = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "secrets"
+    else:
+        secrets_dir = REPOSITORY / ".lab"
+    return secrets_dir / "credentials"
+
+
+@pytest.fixture(scope="session")
+def credential(credentials_dir: Path) -> Callable[[str], str]:
+    """Reads a generated secret by file name, e.g. credential("gateway_master_key")."""
+
+    def read(name: str) -> str:
+        return (credentials_dir / name).read_text().strip()
+
+    return read
