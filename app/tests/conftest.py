@@ -166,9 +166,7 @@ def migrated_template(pg_cluster: PostgresCluster) -> str:
 @pytest.fixture
 def database(pg_cluster: PostgresCluster, migrated_template: str) -> str:
     """A fresh, migrated database for one test; returns its name."""
-    name = f"gw_test_{next(_db_counter)}"
-    pg_cluster.execute(f"CREATE DATABASE {name} TEMPLATE {migrated_template}")
-    return name
+    return new_database(pg_cluster, migrated_template)
 
 
 def query(cluster: PostgresCluster, database: str, sql: str, params=()) -> list[tuple]:
@@ -280,49 +278,55 @@ class GatewayProcess:
         return self.proc.returncode
 
 
+def launch_gateway(
+    workdir: Path, upstreams: tuple[Upstream, Upstream], database_url: str | None, **general
+) -> GatewayProcess:
+    """Start a gateway as a real uvicorn process (real lifespan, real stderr)."""
+    config_path = workdir / "config.yaml"
+    config_path.write_text(yaml.safe_dump(gateway_config(*upstreams, **general)))
+    port = free_port()
+    env = {
+        **os.environ,
+        "GATEWAY_CONFIG": str(config_path),
+        "GATEWAY_SPOOL_DIR": str(workdir / "spool"),
+        "GATEWAY_MASTER_KEY": MASTER_KEY,
+        PROVIDER_KEY_ENV: "sk-provider-secret",
+    }
+    env.pop("DATABASE_URL", None)
+    if database_url:
+        env["DATABASE_URL"] = database_url
+    stderr_path = workdir / "stderr.log"
+    with stderr_path.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--factory", "llm_gateway.main:create_app",
+             "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
+            env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+        )  # fmt: skip
+    gateway = GatewayProcess(proc, port, stderr_path, workdir / "spool")
+    try:
+        wait_for_port(port, proc=proc)
+    except Exception:
+        gateway.stop()
+        raise RuntimeError(f"gateway did not start:\n{gateway.stderr()}") from None
+    return gateway
+
+
+def new_database(cluster: PostgresCluster, template: str) -> str:
+    name = f"gw_test_{next(_db_counter)}"
+    cluster.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
+    return name
+
+
 @pytest.fixture
 def start_gateway(tmp_path_factory, fake_upstream, slow_upstream):
-    """Factory: start a gateway (real uvicorn process) against a given database."""
+    """Factory for tests that need their own gateway (settings, database state, signals)."""
     started: list[GatewayProcess] = []
 
     def start(database_url: str | None, **general) -> GatewayProcess:
         workdir = tmp_path_factory.mktemp("gateway")
-        config_path = workdir / "config.yaml"
-        config_path.write_text(
-            yaml.safe_dump(gateway_config(fake_upstream, slow_upstream, **general))
-        )
-        port = free_port()
-        env = {
-            **os.environ,
-            "GATEWAY_CONFIG": str(config_path),
-            "GATEWAY_SPOOL_DIR": str(workdir / "spool"),
-            "GATEWAY_MASTER_KEY": MASTER_KEY,
-            PROVIDER_KEY_ENV: "sk-provider-secret",
-        }
-        env.pop("DATABASE_URL", None)
-        if database_url:
-            env["DATABASE_URL"] = database_url
-        stderr_path = workdir / "stderr.log"
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "llm_gateway.main:create_app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--no-access-log",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr_path.open("w"),
-        )
-        gateway = GatewayProcess(proc, port, stderr_path, workdir / "spool")
+        upstreams = (fake_upstream, slow_upstream)
+        gateway = launch_gateway(workdir, upstreams, database_url, **general)
         started.append(gateway)
-        wait_for_port(port, proc=proc)
         return gateway
 
     yield start
@@ -330,9 +334,13 @@ def start_gateway(tmp_path_factory, fake_upstream, slow_upstream):
         gateway.stop()
 
 
-@pytest.fixture
-def gateway(start_gateway, pg_cluster, database) -> GatewayProcess:
-    """A default (async log mode) gateway with its own fresh database."""
-    gw = start_gateway(pg_cluster.url(database))
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory, fake_upstream, slow_upstream, pg_cluster, migrated_template):
+    """A default (async log mode) gateway shared by a module; tests find their own rows
+    by X-Request-ID, so they do not depend on each other."""
+    database = new_database(pg_cluster, migrated_template)
+    gw = launch_gateway(tmp_path_factory.mktemp("gateway"), (fake_upstream, slow_upstream),
+                        pg_cluster.url(database))  # fmt: skip
     gw.database = database
-    return gw
+    yield gw
+    gw.stop()
