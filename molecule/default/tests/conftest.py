@@ -59,9 +59,7 @@ def _direct(ansible_host: Any) -> Any:
     return testinfra.get_host(f"podman://{variables['inventory_hostname']}")
 
 
-def pytest_collection_modifyitems(
-    config: pytest.Config, items: list[pytest.Item]
-) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     selected, deselected = [], []
     for item in items:
         marker = item.get_closest_marker("host_group")
@@ -112,9 +110,7 @@ def group_host(request: pytest.FixtureRequest) -> Callable[[str], Any]:
 
     def first_host_of(group: str) -> Any:
         name = AnsibleRunner(inventory).get_hosts(group)[0]
-        return _direct(
-            testinfra.get_host(f"ansible://{name}", ansible_inventory=inventory)
-        )
+        return _direct(testinfra.get_host(f"ansible://{name}", ansible_inventory=inventory))
 
     return first_host_of
 
