@@ -113,6 +113,14 @@ class PostgresCluster:
     def stop(self) -> None:
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
 
+    def running(self) -> bool:
+        status = subprocess.run(
+            [*self.as_postgres, str(self.bindir / "pg_ctl"), "status", "-D", str(self.data)],
+            capture_output=True,
+            cwd=self.base,
+        )
+        return status.returncode == 0
+
     def url(self, database: str = "postgres", user: str = "postgres") -> str:
         return f"postgresql+psycopg2://{user}@127.0.0.1:{self.port}/{database}"
 
@@ -194,13 +202,24 @@ def _running_upstream(latency_ms: int) -> Iterator[Upstream]:
     port = free_port()
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "llm_gateway.fake_upstream",
-            "--host", "127.0.0.1", "--port", str(port),
-            "--latency-ms", str(latency_ms), "--jitter-ms", "0",
-            "--error-rate", "0", "--chunk-delay-ms", "0",
+            sys.executable,
+            "-m",
+            "llm_gateway.fake_upstream",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--latency-ms",
+            str(latency_ms),
+            "--jitter-ms",
+            "0",
+            "--error-rate",
+            "0",
+            "--chunk-delay-ms",
+            "0",
         ],
         stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+    )
     wait_for_port(port, proc=proc)
     yield Upstream(proc, port)
     proc.terminate()
@@ -259,7 +278,7 @@ class GatewayProcess:
     proc: subprocess.Popen
     port: int
     stderr_path: Path
-    spool_dir: Path
+    workdir: Path
 
     @property
     def base_url(self) -> str:
@@ -272,6 +291,7 @@ class GatewayProcess:
         return http_call(self.port, method, path, body, key, **kw)
 
     def stop(self) -> int:
+        """SIGTERM and wait (uvicorn re-raises the signal after a clean shutdown: -15)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(30)
@@ -295,14 +315,26 @@ def launch_gateway(
     env.pop("DATABASE_URL", None)
     if database_url:
         env["DATABASE_URL"] = database_url
-    stderr_path = workdir / "stderr.log"
+    stderr_path = workdir / f"stderr-{port}.log"
     with stderr_path.open("w") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "llm_gateway.main:create_app",
-             "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
-            env=env, stdout=subprocess.DEVNULL, stderr=stderr,
-        )  # fmt: skip
-    gateway = GatewayProcess(proc, port, stderr_path, workdir / "spool")
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "llm_gateway.main:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-access-log",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    gateway = GatewayProcess(proc, port, stderr_path, workdir)
     try:
         wait_for_port(port, proc=proc)
     except Exception:
@@ -322,8 +354,8 @@ def start_gateway(tmp_path_factory, fake_upstream, slow_upstream):
     """Factory for tests that need their own gateway (settings, database state, signals)."""
     started: list[GatewayProcess] = []
 
-    def start(database_url: str | None, **general) -> GatewayProcess:
-        workdir = tmp_path_factory.mktemp("gateway")
+    def start(database_url: str | None, workdir: Path | None = None, **general) -> GatewayProcess:
+        workdir = workdir or tmp_path_factory.mktemp("gateway")
         upstreams = (fake_upstream, slow_upstream)
         gateway = launch_gateway(workdir, upstreams, database_url, **general)
         started.append(gateway)
@@ -339,8 +371,9 @@ def gateway(tmp_path_factory, fake_upstream, slow_upstream, pg_cluster, migrated
     """A default (async log mode) gateway shared by a module; tests find their own rows
     by X-Request-ID, so they do not depend on each other."""
     database = new_database(pg_cluster, migrated_template)
-    gw = launch_gateway(tmp_path_factory.mktemp("gateway"), (fake_upstream, slow_upstream),
-                        pg_cluster.url(database))  # fmt: skip
+    gw = launch_gateway(
+        tmp_path_factory.mktemp("gateway"), (fake_upstream, slow_upstream), pg_cluster.url(database)
+    )
     gw.database = database
     yield gw
     gw.stop()

@@ -19,9 +19,23 @@ def logged(gateway, pg_cluster, request_id: str):
     )
     rows = wait_until(lambda: query(pg_cluster, gateway.database, sql, (request_id,)))
     assert len(rows) == 1
-    keys = ("model", "status", "key_alias", "user", "headers", "body", "response_status",
-            "prompt_tokens", "completion_tokens", "tokens_used", "cost", "response_body",
-            "latency_ms", "route", "method")  # fmt: skip
+    keys = (
+        "model",
+        "status",
+        "key_alias",
+        "user",
+        "headers",
+        "body",
+        "response_status",
+        "prompt_tokens",
+        "completion_tokens",
+        "tokens_used",
+        "cost",
+        "response_body",
+        "latency_ms",
+        "route",
+        "method",
+    )
     return dict(zip(keys, rows[0], strict=True))
 
 
@@ -42,8 +56,13 @@ def assert_gateway_headers(reply):
 
 def test_plain_completion_is_answered_and_logged(gateway, pg_cluster):
     body = {**CHAT_BODY, "user": "alice"}
-    reply = gateway.call("POST", "/v1/chat/completions", body, key=TEAM_KEY,
-                         headers={"Cookie": "session=secret", "X-Trace": "t1"})  # fmt: skip
+    reply = gateway.call(
+        "POST",
+        "/v1/chat/completions",
+        body,
+        key=TEAM_KEY,
+        headers={"Cookie": "session=secret", "X-Trace": "t1"},
+    )
     assert reply.status == 200
     assert_gateway_headers(reply)
     answer = reply.json()
@@ -151,8 +170,9 @@ def test_oversized_chunked_body_is_413(gateway):
 )
 @pytest.mark.parametrize("stream", [False, True])
 def test_upstream_failures_are_mapped_and_logged(gateway, pg_cluster, model, status, code, stream):
-    reply = gateway.call("POST", "/v1/chat/completions",
-                         {**CHAT_BODY, "model": model, "stream": stream})  # fmt: skip
+    reply = gateway.call(
+        "POST", "/v1/chat/completions", {**CHAT_BODY, "model": model, "stream": stream}
+    )
     error = assert_openai_error(reply, status)
     assert error["code"] == code
     assert_gateway_headers(reply)

@@ -40,11 +40,12 @@ EXPECTED_COLUMNS = {
 
 def test_columns_and_types(pg_cluster, database):
     rows = query(
-        pg_cluster, database,
+        pg_cluster,
+        database,
         "SELECT table_name, column_name, data_type, is_nullable, character_maximum_length,"
         " numeric_precision, numeric_scale, is_identity FROM information_schema.columns"
         " WHERE table_schema = 'public' AND table_name IN ('requests', 'responses')",
-    )  # fmt: skip
+    )
     found = {(r[0], r[1]): (r[2], r[3]) for r in rows}
     assert found == EXPECTED_COLUMNS
     details = {(r[0], r[1]): r[4:] for r in rows}
@@ -57,10 +58,11 @@ def test_columns_and_types(pg_cluster, database):
 
 def test_foreign_key_cascades_in_the_database(pg_cluster, database):
     rows = query(
-        pg_cluster, database,
+        pg_cluster,
+        database,
         "SELECT conrelid::regclass::text, confrelid::regclass::text, confdeltype,"
         " pg_get_constraintdef(oid) FROM pg_constraint WHERE contype = 'f'",
-    )  # fmt: skip
+    )
     assert len(rows) == 1
     table, referenced, on_delete, definition = rows[0]
     assert (table, referenced, on_delete) == ("responses", "requests", "c")
@@ -81,9 +83,10 @@ def test_deleting_a_request_deletes_its_response(pg_cluster, database):
 
 def test_indexes_and_unique_request_id(pg_cluster, database):
     rows = query(
-        pg_cluster, database,
+        pg_cluster,
+        database,
         "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'",
-    )  # fmt: skip
+    )
     indexes = dict(rows)
     assert "(model)" in indexes["ix_requests_model"]
     assert "(created_at)" in indexes["ix_requests_created_at"]
@@ -106,7 +109,8 @@ def test_migrate_is_idempotent(pg_cluster, database):
     result = subprocess.run(
         [sys.executable, "-m", "llm_gateway.cli", "migrate"],
         env={**os.environ, "DATABASE_URL": pg_cluster.url(database)},
-        capture_output=True, text=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert query(pg_cluster, database, "SELECT version_num FROM alembic_version") == [("0001",)]

@@ -1,0 +1,136 @@
+"""config.yaml (LiteLLM format) validation and the check-config command."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from llm_gateway.config import ConfigError, build_config
+from llm_gateway.settings import EnvSettings
+
+LITELLM_FILE = """
+model_list:
+  - model_name: gpt-4o-mini
+    litellm_params:
+      model: openai/gpt-4o-mini
+      api_base: https://api.openai.com/v1
+      api_key: os.environ/OPENAI_API_KEY
+      timeout: 60
+    model_info: {input_cost_per_token: 0.00000015, output_cost_per_token: 0.0000006}
+  - model_name: gpt-4o-mini
+    litellm_params: {model: openai/gpt-4o-mini, api_base: "http://10.0.0.5:8000/v1",
+                     api_key: sk-local}
+litellm_settings: {drop_params: true}
+router_settings: {routing_strategy: simple-shuffle}
+general_settings:
+  master_key: os.environ/GATEWAY_MASTER_KEY
+  database_connection_pool_limit: 7
+  api_keys: [{alias: team-a, key: sk-team}]
+"""
+
+
+@pytest.fixture
+def env(monkeypatch) -> EnvSettings:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-provider")
+    monkeypatch.setenv("GATEWAY_MASTER_KEY", "sk-master")
+    return EnvSettings()
+
+
+def test_litellm_file_is_accepted_unchanged(env):
+    config = build_config(yaml.safe_load(LITELLM_FILE), env)
+    entries = config.deployments["gpt-4o-mini"]
+    assert [e.api_base for e in entries] == ["https://api.openai.com/v1", "http://10.0.0.5:8000/v1"]
+    assert entries[0].api_key.get_secret_value() == "sk-provider"
+    assert "sk-provider" not in repr(entries[0])
+    assert entries[0].timeout_s == 60
+    assert config.database.pool_size == 7
+    assert sorted(config.key_aliases.values()) == ["master", "team-a"]
+    assert config.log_mode == "async"
+
+
+@pytest.mark.parametrize(
+    ("entry", "reason"),
+    [
+        (
+            {
+                "model_name": "claude",
+                "litellm_params": {"model": "anthropic/claude-3", "api_key": "k"},
+            },
+            "model_list[0] ('claude'): provider 'anthropic' is not OpenAI-compatible",
+        ),
+        (
+            {
+                "model_name": "x",
+                "litellm_params": {"model": "openai/x", "api_key": "os.environ/NOT_SET_ANYWHERE"},
+            },
+            "model_list[0] ('x'): litellm_params.api_key: environment variable NOT_SET_ANYWHERE",
+        ),
+        (
+            {"model_name": "x", "litellm_params": {"model": "openai/x"}},
+            "model_list[0] ('x'): litellm_params.api_key: missing",
+        ),
+        (
+            {"model_name": "x", "litellm_params": {"model": "gpt-4"}},
+            "model_list[0] ('x'): litellm_params.model must look like 'openai/<name>'",
+        ),
+        ({"litellm_params": {"model": "openai/x"}}, "model_list[0] (None): model_name missing"),
+    ],
+)
+def test_unservable_entry_names_entry_and_reason(env, entry, reason):
+    with pytest.raises(ConfigError) as raised:
+        build_config({"model_list": [entry], "general_settings": {}}, env)
+    assert any(problem.startswith(reason) for problem in raised.value.problems), raised.value
+
+
+def test_every_problem_is_reported_at_once(env):
+    raw = {
+        "model_list": [
+            {"model_name": "a", "litellm_params": {"model": "bedrock/a"}},
+            {"model_name": "b", "litellm_params": {"model": "openai/b"}},
+        ],
+        "general_settings": {"log_mode": "maybe"},
+    }
+    with pytest.raises(ConfigError) as raised:
+        build_config(raw, env)
+    text = str(raised.value)
+    assert "model_list[0] ('a')" in text
+    assert "model_list[1] ('b')" in text
+    assert "log_mode" in text
+
+
+def run_check_config(path, **env_vars):
+    return subprocess.run(
+        [sys.executable, "-m", "llm_gateway.cli", "check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", **env_vars},
+    )
+
+
+def test_check_config_command(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(LITELLM_FILE)
+    ok = run_check_config(path, OPENAI_API_KEY="sk-provider-secret", GATEWAY_MASTER_KEY="m")
+    assert ok.returncode == 0, ok.stderr
+    assert "model gpt-4o-mini: 2 deployment(s)" in ok.stdout
+    assert "sk-provider-secret" not in ok.stdout + ok.stderr
+
+    bad = run_check_config(path, GATEWAY_MASTER_KEY="m")
+    assert bad.returncode == 1
+    assert "model_list[0] ('gpt-4o-mini')" in bad.stderr
+    assert "OPENAI_API_KEY is not set" in bad.stderr
+
+
+def test_service_refuses_to_start_with_an_unservable_config(tmp_path):
+    path = tmp_path / "config.yaml"
+    entry = {"model_name": "c", "litellm_params": {"model": "anthropic/c", "api_key": "k"}}
+    path.write_text(yaml.safe_dump({"model_list": [entry]}))
+    result = subprocess.run(
+        [sys.executable, "-c", "from llm_gateway.main import create_app; create_app()"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "GATEWAY_CONFIG": str(path)},
+    )
+    assert result.returncode != 0
+    assert "model_list[0] ('c'): provider 'anthropic' is not OpenAI-compatible" in result.stderr

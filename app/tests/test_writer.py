@@ -1,0 +1,207 @@
+"""The exchange writer: batching, outages (spool + replay exactly once), shutdown, sync mode."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import create_engine
+
+from llm_gateway.spool import Spool
+from llm_gateway.writer import insert_exchanges
+
+from conftest import query
+from helpers import CHAT_BODY, wait_until
+
+
+def chat_many(gateway, count: int, concurrency: int = 8, stream_every: int = 0) -> list[str]:
+    """Send ``count`` chats; every response must be a 200. Returns their request ids."""
+
+    def one(i: int) -> str:
+        body = {**CHAT_BODY, "stream": bool(stream_every and i % stream_every == 0)}
+        reply = gateway.call("POST", "/v1/chat/completions", body)
+        assert reply.status == 200, reply.raw
+        return reply.headers["x-request-id"]
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def stored_counts(pg_cluster, database, ids: list[str]) -> tuple[int, int, int]:
+    """(distinct requests found, request rows, response rows) for ``ids``."""
+    rows = query(
+        pg_cluster,
+        database,
+        "SELECT count(DISTINCT r.request_id), count(DISTINCT r.id), count(p.id)"
+        " FROM requests r LEFT JOIN responses p ON p.request_id_fk = r.id"
+        " WHERE r.request_id = ANY(%s)",
+        (ids,),
+    )
+    return rows[0]
+
+
+def all_stored_once(pg_cluster, database, ids):
+    return stored_counts(pg_cluster, database, ids) == (len(ids), len(ids), len(ids))
+
+
+@pytest.fixture
+def restore_cluster(pg_cluster):
+    """Tests that stop PostgreSQL always leave it running."""
+    yield pg_cluster
+    if not pg_cluster.running():
+        pg_cluster.start()
+
+
+def test_writer_commits_in_batches(start_gateway, pg_cluster, database):
+    gw = start_gateway(
+        pg_cluster.url(database), writer={"flush_interval_ms": 200, "batch_size": 50}
+    )
+    ids = chat_many(gw, 100, concurrency=16)
+    wait_until(lambda: all_stored_once(pg_cluster, database, ids))
+    writer = gw.call("GET", "/api/db-stats").json()["writer"]
+    assert writer["exchanges_written"] == 100
+    assert writer["batches"] < 100
+
+
+def test_database_outage_spools_then_replays_exactly_once(start_gateway, restore_cluster, database):
+    pg_cluster = restore_cluster
+    gw = start_gateway(pg_cluster.url(database))
+    before = chat_many(gw, 10)
+    wait_until(lambda: all_stored_once(pg_cluster, database, before))
+
+    pg_cluster.stop()
+    during = chat_many(gw, 40, stream_every=4)  # chat keeps working
+    health = gw.call("GET", "/api/health", key=None)
+    assert health.status == 503
+    assert health.json()["database"]["ok"] is False
+    wait_until(lambda: gw.call("GET", "/api/health").json()["writer"]["spool_backlog"] == 40)
+    assert list(gw.workdir.joinpath("spool").glob("*.jsonl"))
+    assert gw.call("GET", "/api/requests").status == 503
+
+    pg_cluster.start()
+    after = chat_many(gw, 10)
+    ids = before + during + after
+    wait_until(lambda: all_stored_once(pg_cluster, database, ids))
+    assert query(pg_cluster, database, "SELECT count(*) FROM requests") == [(60,)]
+    assert query(pg_cluster, database, "SELECT count(*) FROM responses") == [(60,)]
+    health = wait_until(lambda: (h := gw.call("GET", "/api/health")).status == 200 and h)
+    assert health.json()["writer"]["spool_backlog"] == 0
+    writer = gw.call("GET", "/api/db-stats").json()["writer"]
+    assert writer["spooled"] >= 40
+    assert writer["replayed"] >= 40
+
+
+def test_service_starts_without_database_and_catches_up(start_gateway, restore_cluster, database):
+    pg_cluster = restore_cluster
+    pg_cluster.stop()
+    gw = start_gateway(pg_cluster.url(database))
+    wait_until(lambda: "db_unavailable" in gw.stderr())
+    ids = chat_many(gw, 5)
+    assert gw.call("GET", "/api/health").status == 503
+
+    pg_cluster.start()
+    wait_until(lambda: "db_connected" in gw.stderr())
+    wait_until(lambda: all_stored_once(pg_cluster, database, ids))
+    assert gw.call("GET", "/api/health").status == 200
+
+
+def test_sigterm_drains_the_queue(start_gateway, pg_cluster, database):
+    # A long flush timer keeps exchanges queued until the stop.
+    gw = start_gateway(
+        pg_cluster.url(database), writer={"flush_interval_ms": 5000, "batch_size": 1000}
+    )
+    ids = chat_many(gw, 20)
+    gw.stop()
+    assert '"event":"shutdown"' in gw.stderr()
+    assert all_stored_once(pg_cluster, database, ids)
+
+
+def test_spool_left_at_shutdown_is_replayed_by_the_next_process(
+    start_gateway, restore_cluster, database
+):
+    pg_cluster = restore_cluster
+    first = start_gateway(pg_cluster.url(database))
+    pg_cluster.stop()
+    ids = chat_many(first, 12, stream_every=3)
+    first.stop()
+    assert list(first.workdir.joinpath("spool").glob("*.jsonl"))
+
+    pg_cluster.start()
+    start_gateway(pg_cluster.url(database), workdir=first.workdir)
+    wait_until(lambda: all_stored_once(pg_cluster, database, ids))
+    assert not list(first.workdir.joinpath("spool").glob("*.jsonl"))
+
+
+def test_sync_mode_commits_before_responding(start_gateway, pg_cluster, database):
+    gw = start_gateway(pg_cluster.url(database), log_mode="sync")
+    for body in (CHAT_BODY, {**CHAT_BODY, "model": "upstream-500"}):
+        reply = gw.call("POST", "/v1/chat/completions", body)
+        # No waiting: the row must already be there when the answer arrives.
+        assert all_stored_once(pg_cluster, database, [reply.headers["x-request-id"]])
+        assert float(reply.headers["x-db-overhead"].removesuffix("ms")) > 0
+
+
+def test_sync_mode_spools_when_the_database_is_down(start_gateway, restore_cluster, database):
+    pg_cluster = restore_cluster
+    gw = start_gateway(pg_cluster.url(database), log_mode="sync")
+    pg_cluster.stop()
+    ids = chat_many(gw, 5)
+    pg_cluster.start()
+    wait_until(lambda: all_stored_once(pg_cluster, database, ids))
+
+
+def exchange(request_id: str) -> dict:
+    return {
+        "request_id": request_id,
+        "route": "/v1/chat/completions",
+        "method": "POST",
+        "url": "http://gw/v1/chat/completions",
+        "headers": {},
+        "body": CHAT_BODY,
+        "model": "gpt-test",
+        "status_code": 200,
+        "key_alias": "master",
+        "user": None,
+        "started_at": 1_700_000_000.0,
+        "response_body": {"ok": True},
+        "latency_ms": 1.234,
+        "prompt_tokens": 1,
+        "completion_tokens": 2,
+        "tokens_used": 3,
+        "cost": 0.000005,
+    }
+
+
+def test_replay_is_idempotent_and_skips_torn_lines(tmp_path, pg_cluster, database):
+    engine = create_engine(pg_cluster.url(database))
+
+    def write(batch):
+        with engine.begin() as conn:
+            insert_exchanges(conn, batch)
+
+    try:
+        spool = Spool(tmp_path)
+        spool.open()
+        spool.append([exchange(f"req_{i}") for i in range(5)])
+        # A crash after committing but before the file was removed: same lines again.
+        spool.append([exchange(f"req_{i}") for i in range(3)])
+        with spool.active.open("ab") as handle:
+            handle.write(b'{"request_id": "req_torn", "rou')  # crash mid-append
+        assert spool.replay(write, chunk=2) == 8
+        assert spool.corrupt_lines == 1
+        assert not spool.has_backlog()
+    finally:
+        engine.dispose()
+    assert query(pg_cluster, database, "SELECT count(*) FROM requests") == [(5,)]
+    assert query(pg_cluster, database, "SELECT count(*) FROM responses") == [(5,)]
+
+
+def test_spool_of_a_dead_worker_is_adopted(tmp_path):
+    orphan = Spool(tmp_path, pid=2**22 + 12345)  # above pid_max: never a live process
+    orphan.open()
+    orphan.append([exchange("req_orphan")])
+    adopter = Spool(tmp_path)
+    adopter.open()
+    assert adopter.backlog == 1
+    seen = []
+    adopter.replay(lambda batch: seen.extend(e["request_id"] for e in batch))
+    assert seen == ["req_orphan"]
+    assert not list(tmp_path.glob("*.jsonl"))
