@@ -23,9 +23,11 @@ LAB_CREDENTIALS := $(CURDIR)/.lab/credentials
 GATEWAY_URL := http://127.0.0.1:4000
 LAB_MODEL := fake-gpt
 EVIDENCE_PLAYBOOK := playbooks/evidence.yml
+# playbooks/evidence.yml writes evidence/<environment>/<UTC timestamp>/.
+EVIDENCE_DIR := $(CURDIR)/evidence/lab
 INVENTORIES := lab staging production
 
-.PHONY: help host-deps venv image lab-hosts lab lab-down lint syntax shared-vars-test \
+.PHONY: help host-deps venv image lab-hosts lab lab-info lab-down lint syntax shared-vars-test \
 	app-test molecule evidence bench test
 
 help: ## List the targets
@@ -51,6 +53,9 @@ lab-hosts: host-deps venv image ## Start the lab containers lab-db and lab-gatew
 lab: lab-hosts ## The whole lab: hosts, site.yml, evidence; prints how to use it
 	ansible-playbook -i inventory/lab site.yml
 	$(MAKE) --no-print-directory evidence
+	$(MAKE) --no-print-directory lab-info
+
+lab-info: ## Print the lab's gateway URL, a chat call to paste and where the evidence is
 	@echo
 	@echo "Gateway: $(GATEWAY_URL)"
 	@echo "Chat call:"
@@ -59,6 +64,8 @@ lab: lab-hosts ## The whole lab: hosts, site.yml, evidence; prints how to use it
 	@echo "    -H 'Content-Type: application/json' \\"
 	@echo "    -d '{\"model\": \"$(LAB_MODEL)\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}]}'"
 	@echo "Lab secrets: $(LAB_CREDENTIALS)/"
+	@latest=$$(ls -1d $(EVIDENCE_DIR)/*/ 2>/dev/null | tail -n 1); \
+	echo "Evidence: $${latest:-none yet (make evidence)}"
 
 lab-down: venv ## Remove the lab containers and their network
 	ansible-playbook -i inventory/lab playbooks/lab_down.yml
