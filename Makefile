@@ -64,7 +64,7 @@ lab-info: ## Print the lab's gateway URL, a chat call to paste and where the evi
 	@echo "    -H 'Content-Type: application/json' \\"
 	@echo "    -d '{\"model\": \"$(LAB_MODEL)\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}]}'"
 	@echo "Lab secrets: $(LAB_CREDENTIALS)/"
-	@latest=$$(ls -1d $(EVIDENCE_DIR)/*/ 2>/dev/null | tail -n 1); \
+	@latest=$$(ls -1d $(EVIDENCE_DIR)/*/ 2>/dev/null | tail -n 1 || true); \
 	echo "Evidence: $${latest:-none yet (make evidence)}"
 
 lab-down: venv ## Remove the lab containers and their network
