@@ -1,0 +1,27 @@
+"""Print "current" when the database is at the installed code's Alembic head(s), else "behind".
+
+Read-only probe run by the gateway role (with the venv's interpreter and DATABASE_URL in the
+environment) to decide whether `llm-gateway migrate` has work to do.
+"""
+
+import os
+
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, pool
+
+from llm_gateway.db import normalize_url
+
+config = Config()
+config.set_main_option("script_location", "llm_gateway:migrations")
+heads = set(ScriptDirectory.from_config(config).get_heads())
+engine = create_engine(
+    normalize_url(os.environ["DATABASE_URL"]),
+    poolclass=pool.NullPool,
+    connect_args={"application_name": "llm-gateway-migrate"},
+)
+with engine.connect() as connection:
+    current = set(MigrationContext.configure(connection).get_current_heads())
+engine.dispose()
+print("current" if current == heads else "behind")
