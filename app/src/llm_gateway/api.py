@@ -14,7 +14,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import JSONResponse, Response
 
 from llm_gateway import metrics
-from llm_gateway.auth import key_alias
 from llm_gateway.gateway import Gateway
 from llm_gateway.models import RequestRecord, ResponseRecord
 
@@ -28,7 +27,7 @@ def _gateway(request: Request) -> Gateway:
 
 def require_key(request: Request) -> str:
     gateway = _gateway(request)
-    alias = key_alias(request.headers.get("authorization"), gateway.config.key_aliases)
+    alias = gateway.keys.alias(request.headers.get("authorization"))
     if alias is None:
         raise HTTPException(401, "missing or invalid API key")
     return alias

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from sqlalchemy import Engine
 
+from llm_gateway.auth import KeyCache
 from llm_gateway.config import Deployment, GatewayConfig
 from llm_gateway.writer import ExchangeWriter
 
@@ -34,11 +35,13 @@ class Gateway:
     session: aiohttp.ClientSession
     engine: Engine | None
     router: Router = field(init=False)
+    keys: KeyCache = field(init=False)
     # aiohttp timeouts per deployment, built once instead of per request.
     timeouts: dict[int, aiohttp.ClientTimeout] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.router = Router(self.config.deployments)
+        self.keys = KeyCache(self.config.key_aliases)
 
     def timeout_for(self, deployment: Deployment) -> aiohttp.ClientTimeout:
         key = id(deployment)

@@ -2,6 +2,8 @@
 /metrics aggregates all of them (prometheus-client's multiprocess mode)."""
 
 import os
+from functools import lru_cache
+from typing import NamedTuple
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -46,6 +48,31 @@ BATCH_COMMIT = Histogram(
     "Batch commit latency",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
 )
+
+
+class ModelMetrics(NamedTuple):
+    latency: Histogram
+    prompt_tokens: Counter
+    completion_tokens: Counter
+    cost: Counter
+
+
+# labels() takes a lock and builds a key on every call; resolving the children once per
+# label value keeps the hot path to one cached lookup. Label values are bounded: model
+# names come from the config ("-" for anything else) and status codes are few.
+@lru_cache(maxsize=4096)
+def for_model(model: str) -> ModelMetrics:
+    return ModelMetrics(
+        LATENCY.labels(model),
+        TOKENS.labels(model, "prompt"),
+        TOKENS.labels(model, "completion"),
+        COST.labels(model),
+    )
+
+
+@lru_cache(maxsize=4096)
+def requests_counter(model: str, status: int) -> Counter:
+    return REQUESTS.labels(model, str(status))
 
 
 def render() -> tuple[bytes, str]:

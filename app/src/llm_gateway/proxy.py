@@ -16,11 +16,11 @@ from typing import Any
 
 import aiohttp
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from llm_gateway import metrics
-from llm_gateway.auth import key_alias, redacted_headers
+from llm_gateway.auth import redacted_headers
 from llm_gateway.config import Deployment
 from llm_gateway.errors import error_body, error_response
 from llm_gateway.gateway import Gateway
@@ -66,7 +66,7 @@ class Exchange:
             "request_id": self.request_id,
             "route": ROUTE,
             "method": "POST",
-            "url": str(self.request.url),
+            "url": _request_url(self.request.scope),
             "headers": redacted_headers(self.request.scope["headers"]),
             "body": self.body,
             "model": self.model,
@@ -91,17 +91,33 @@ class Exchange:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
+    """Read the body from the ASGI channel, refusing more than ``limit`` bytes (also when
+    chunked, where no Content-Length announces the size)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge
+    receive = request.receive
     chunks = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise BodyTooLarge
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _request_url(scope: dict) -> str:
+    # Starlette's request.url builds a parsed URL object; the log needs only the string.
+    host = next((v for k, v in scope["headers"] if k == b"host"), b"").decode("latin-1")
+    url = f"{scope['scheme']}://{host}{scope['path']}"
+    query = scope.get("query_string")
+    return f"{url}?{query.decode('latin-1')}" if query else url
 
 
 def _validate(body: Any) -> tuple[str, str | None]:
@@ -142,14 +158,15 @@ async def _log(gateway: Gateway, ex: Exchange, status: int, body: Any, usage: An
 
 def _observe(ex: Exchange, status: int, overhead: float, latency: float, record: dict) -> None:
     model = ex.model if ex.deployment is not None else "-"  # bounded label set
-    metrics.REQUESTS.labels(model, str(status)).inc()
-    metrics.LATENCY.labels(model).observe(latency)
+    per_model = metrics.for_model(model)
+    metrics.requests_counter(model, status).inc()
+    per_model.latency.observe(latency)
     metrics.DB_OVERHEAD.observe(overhead)
     if record["tokens_used"]:
-        metrics.TOKENS.labels(model, "prompt").inc(record["prompt_tokens"] or 0)
-        metrics.TOKENS.labels(model, "completion").inc(record["completion_tokens"] or 0)
+        per_model.prompt_tokens.inc(record["prompt_tokens"] or 0)
+        per_model.completion_tokens.inc(record["completion_tokens"] or 0)
     if record["cost"]:
-        metrics.COST.labels(model).inc(record["cost"])
+        per_model.cost.inc(record["cost"])
 
 
 def _json_response(status: int, body: Any, headers: dict) -> Response:
@@ -158,7 +175,7 @@ def _json_response(status: int, body: Any, headers: dict) -> Response:
 
 async def chat_completions(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
-    alias = key_alias(request.headers.get("authorization"), gateway.config.key_aliases)
+    alias = gateway.keys.alias(request.headers.get("authorization"))
     ex = Exchange(request, alias)
     if alias is None:
         # Unauthenticated calls are not logged: a stranger must not be able to fill the DB.
@@ -170,6 +187,8 @@ async def chat_completions(request: Request) -> Response:
         )
     try:
         raw = await _read_body(request, gateway.config.max_request_body_bytes)
+    except ClientDisconnect:
+        return Response(status_code=499)  # nobody is left to read it; nothing to log
     except BodyTooLarge:
         return await _reject(
             gateway,
