@@ -93,10 +93,77 @@ class PostgresCluster:
             "--no-sync",
         )
 
+    def make_tls(self) -> None:
+        """A throwaway CA and a server certificate for 127.0.0.1, so tests can connect with
+        sslmode=verify-full like production does."""
+        tls = self.base / "tls"
+        tls.mkdir()
+        openssl = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
+        subprocess.run(
+            [
+                *openssl,
+                "-keyout",
+                tls / "ca.key",
+                "-out",
+                tls / "ca.crt",
+                "-subj",
+                "/CN=llm-gateway test CA",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                tls / "server.key",
+                "-out",
+                tls / "server.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        (tls / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+        subprocess.run(
+            [
+                "openssl",
+                "x509",
+                "-req",
+                "-in",
+                tls / "server.csr",
+                "-CA",
+                tls / "ca.crt",
+                "-CAkey",
+                tls / "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                tls / "san.ext",
+                "-out",
+                tls / "server.crt",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        for name in ("server.key", "server.crt"):
+            if self.as_postgres:
+                shutil.chown(tls / name, "postgres", "postgres")
+            os.chmod(tls / name, 0o600)
+        self.ca_cert = tls / "ca.crt"
+
     def start(self) -> None:
+        tls = self.base / "tls"
         options = (
             f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 "
-            "-c fsync=off -c full_page_writes=off"
+            "-c fsync=off -c full_page_writes=off "
+            f"-c ssl=on -c ssl_cert_file={tls}/server.crt -c ssl_key_file={tls}/server.key"
         )
         self._run(
             str(self.bindir / "pg_ctl"),
@@ -121,8 +188,11 @@ class PostgresCluster:
         )
         return status.returncode == 0
 
-    def url(self, database: str = "postgres", user: str = "postgres") -> str:
-        return f"postgresql+psycopg2://{user}@127.0.0.1:{self.port}/{database}"
+    def url(self, database: str = "postgres", user: str = "postgres", tls: bool = False) -> str:
+        url = f"postgresql+psycopg2://{user}@127.0.0.1:{self.port}/{database}"
+        if tls:
+            url += f"?sslmode=verify-full&sslrootcert={self.ca_cert}"
+        return url
 
     def connect(self, database: str = "postgres"):
         conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname=database)
@@ -147,6 +217,7 @@ def pg_cluster() -> Iterator[PostgresCluster]:
         as_postgres = ["runuser", "-u", "postgres", "--"]
     cluster = PostgresCluster(_pg_bindir(), base, free_port(), as_postgres)
     cluster.init()
+    cluster.make_tls()
     cluster.start()
     yield cluster
     try:
@@ -185,6 +256,23 @@ def query(cluster: PostgresCluster, database: str, sql: str, params=()) -> list[
             return cur.fetchall()
     finally:
         conn.close()
+
+
+def stored_counts(pg_cluster, database, ids: list[str]) -> tuple[int, int, int]:
+    """(distinct requests found, request rows, response rows) for ``ids``."""
+    rows = query(
+        pg_cluster,
+        database,
+        "SELECT count(DISTINCT r.request_id), count(DISTINCT r.id), count(p.id)"
+        " FROM requests r LEFT JOIN responses p ON p.request_id_fk = r.id"
+        " WHERE r.request_id = ANY(%s)",
+        (ids,),
+    )
+    return rows[0]
+
+
+def all_stored_once(pg_cluster, database, ids):
+    return stored_counts(pg_cluster, database, ids) == (len(ids), len(ids), len(ids))
 
 
 @dataclass
@@ -371,9 +459,9 @@ def gateway(tmp_path_factory, fake_upstream, slow_upstream, pg_cluster, migrated
     """A default (async log mode) gateway shared by a module; tests find their own rows
     by X-Request-ID, so they do not depend on each other."""
     database = new_database(pg_cluster, migrated_template)
-    gw = launch_gateway(
-        tmp_path_factory.mktemp("gateway"), (fake_upstream, slow_upstream), pg_cluster.url(database)
-    )
+    # Over verified TLS, as in production (sslmode=verify-full, sslrootcert).
+    url = pg_cluster.url(database, tls=True)
+    gw = launch_gateway(tmp_path_factory.mktemp("gateway"), (fake_upstream, slow_upstream), url)
     gw.database = database
     yield gw
     gw.stop()

@@ -126,7 +126,9 @@ def test_startup_logs_one_db_connected_line(gateway):
     facts = orjson.loads(lines[0].split(" ", 1)[1])
     assert facts["event"] == "db_connected"
     assert facts["server_version"]
-    assert facts["ssl"] is False  # loopback test cluster without TLS
+    # The module's gateway connects with sslmode=verify-full against the test CA.
+    assert facts["ssl"] is True
+    assert facts["ssl_version"].startswith("TLSv1.")
     assert (facts["pool_size"], facts["max_overflow"]) == (5, 5)
     assert facts["db_user"] == "postgres"
     assert facts["application_name"] == "llm-gateway"

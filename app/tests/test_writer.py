@@ -6,9 +6,9 @@ import pytest
 from sqlalchemy import create_engine
 
 from llm_gateway.spool import Spool
-from llm_gateway.writer import insert_exchanges
+from llm_gateway.writer import insert_exchanges, insert_one_exchange
 
-from conftest import query
+from conftest import all_stored_once, query
 from helpers import CHAT_BODY, wait_until
 
 
@@ -23,23 +23,6 @@ def chat_many(gateway, count: int, concurrency: int = 8, stream_every: int = 0) 
 
     with ThreadPoolExecutor(concurrency) as pool:
         return list(pool.map(one, range(count)))
-
-
-def stored_counts(pg_cluster, database, ids: list[str]) -> tuple[int, int, int]:
-    """(distinct requests found, request rows, response rows) for ``ids``."""
-    rows = query(
-        pg_cluster,
-        database,
-        "SELECT count(DISTINCT r.request_id), count(DISTINCT r.id), count(p.id)"
-        " FROM requests r LEFT JOIN responses p ON p.request_id_fk = r.id"
-        " WHERE r.request_id = ANY(%s)",
-        (ids,),
-    )
-    return rows[0]
-
-
-def all_stored_once(pg_cluster, database, ids):
-    return stored_counts(pg_cluster, database, ids) == (len(ids), len(ids), len(ids))
 
 
 @pytest.fixture
@@ -205,3 +188,20 @@ def test_spool_of_a_dead_worker_is_adopted(tmp_path):
     adopter.replay(lambda batch: seen.extend(e["request_id"] for e in batch))
     assert seen == ["req_orphan"]
     assert not list(tmp_path.glob("*.jsonl"))
+
+
+def test_single_exchange_insert_is_idempotent(pg_cluster, database):
+    engine = create_engine(pg_cluster.url(database), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            insert_one_exchange(conn, exchange("req_once"))
+            insert_one_exchange(conn, exchange("req_once"))
+    finally:
+        engine.dispose()
+    rows = query(
+        pg_cluster,
+        database,
+        "SELECT r.request_id, p.tokens_used, p.cost FROM requests r"
+        " JOIN responses p ON p.request_id_fk = r.id",
+    )
+    assert [(r[0], r[1], float(r[2])) for r in rows] == [("req_once", 3, 0.000005)]

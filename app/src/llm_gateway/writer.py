@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert
+from sqlalchemy import Connection, Engine, bindparam, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -43,46 +43,77 @@ _INSERT_REQUESTS = (
 _INSERT_RESPONSES = insert(_RESPONSES)
 
 
+def _request_row(ex: Exchange) -> dict[str, Any]:
+    return {
+        "request_id": ex["request_id"],
+        "route": ex["route"],
+        "method": ex["method"],
+        "url": ex["url"],
+        "headers": ex["headers"],
+        "body": ex["body"],
+        "model": ex["model"],
+        "status_code": ex["status_code"],
+        "key_alias": ex["key_alias"],
+        "user": ex["user"],
+        "created_at": datetime.fromtimestamp(ex["started_at"], UTC),
+    }
+
+
+def _response_row(ex: Exchange) -> dict[str, Any]:
+    """Response columns except request_id_fk."""
+    return {
+        "response_body": ex["response_body"],
+        "status_code": ex["status_code"],
+        "latency_ms": round(ex["latency_ms"], 2),
+        "prompt_tokens": ex["prompt_tokens"],
+        "completion_tokens": ex["completion_tokens"],
+        "tokens_used": ex["tokens_used"],
+        "cost": ex["cost"],
+        "created_at": datetime.fromtimestamp(ex["started_at"], UTC)
+        + timedelta(milliseconds=ex["latency_ms"]),
+    }
+
+
 def insert_exchanges(conn: Connection, exchanges: Sequence[Exchange]) -> int:
     """Insert request+response rows for ``exchanges`` (caller commits). Returns rows new."""
-    request_rows = []
-    for ex in exchanges:
-        created = datetime.fromtimestamp(ex["started_at"], UTC)
-        request_rows.append(
-            {
-                "request_id": ex["request_id"],
-                "route": ex["route"],
-                "method": ex["method"],
-                "url": ex["url"],
-                "headers": ex["headers"],
-                "body": ex["body"],
-                "model": ex["model"],
-                "status_code": ex["status_code"],
-                "key_alias": ex["key_alias"],
-                "user": ex["user"],
-                "created_at": created,
-            }
-        )
-    new_ids = dict((rid, pk) for pk, rid in conn.execute(_INSERT_REQUESTS, request_rows))
+    returned = conn.execute(_INSERT_REQUESTS, [_request_row(ex) for ex in exchanges])
+    new_ids = {request_id: pk for pk, request_id in returned}
     response_rows = [
-        {
-            "request_id_fk": new_ids[ex["request_id"]],
-            "response_body": ex["response_body"],
-            "status_code": ex["status_code"],
-            "latency_ms": round(ex["latency_ms"], 2),
-            "prompt_tokens": ex["prompt_tokens"],
-            "completion_tokens": ex["completion_tokens"],
-            "tokens_used": ex["tokens_used"],
-            "cost": ex["cost"],
-            "created_at": datetime.fromtimestamp(ex["started_at"], UTC)
-            + timedelta(milliseconds=ex["latency_ms"]),
-        }
+        {"request_id_fk": new_ids[ex["request_id"]], **_response_row(ex)}
         for ex in exchanges
         if ex["request_id"] in new_ids
     ]
     if response_rows:
         conn.execute(_INSERT_RESPONSES, response_rows)
     return len(response_rows)
+
+
+def _single_exchange_statement():
+    """One statement for one exchange (sync mode): a CTE inserts the request and feeds its
+    id to the response insert, so the commit costs a single round trip in autocommit."""
+    request_cols = [c for c in _REQUESTS.c if c.name != "id"]
+    response_cols = [c for c in _RESPONSES.c if c.name not in ("id", "request_id_fk")]
+    new_request = (
+        pg_insert(_REQUESTS)
+        .values({c.name: bindparam(f"req_{c.name}", type_=c.type) for c in request_cols})
+        .on_conflict_do_nothing(index_elements=["request_id"])
+        .returning(_REQUESTS.c.id)
+        .cte("new_request")
+    )
+    values = [bindparam(f"resp_{c.name}", type_=c.type) for c in response_cols]
+    return insert(_RESPONSES).from_select(
+        ["request_id_fk", *(c.name for c in response_cols)],
+        select(new_request.c.id, *values),
+    )
+
+
+_INSERT_SINGLE = _single_exchange_statement()
+
+
+def insert_one_exchange(conn: Connection, ex: Exchange) -> None:
+    params = {f"req_{k}": v for k, v in _request_row(ex).items()}
+    params.update({f"resp_{k}": v for k, v in _response_row(ex).items()})
+    conn.execute(_INSERT_SINGLE, params)
 
 
 class ExchangeWriter:
@@ -96,6 +127,8 @@ class ExchangeWriter:
         self._task: asyncio.Task | None = None
         self._stopping = False
         self.db_ok = engine is not None
+        # Same pool; one statement needs no explicit transaction (saves a round trip).
+        self._autocommit = engine and engine.execution_options(isolation_level="AUTOCOMMIT")
         self._next_retry = 0.0
         self.stats = {
             "exchanges_written": 0,
@@ -123,8 +156,8 @@ class ExchangeWriter:
     def _commit_sync(self, exchange: Exchange) -> None:
         if self.engine is not None and self.db_ok:
             try:
-                with self.engine.begin() as conn:
-                    insert_exchanges(conn, [exchange])
+                with self._autocommit.connect() as conn:
+                    insert_one_exchange(conn, exchange)
                 self.stats["exchanges_written"] += 1
                 metrics.WRITER_EXCHANGES.labels("sync").inc()
                 return
