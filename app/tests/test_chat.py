@@ -244,3 +244,20 @@ def test_runtime_role_with_select_insert_only_can_log(start_gateway, pg_cluster,
     reply = gateway.call("POST", "/v1/chat/completions", CHAT_BODY)
     assert logged(gateway, pg_cluster, reply.headers["x-request-id"])["status"] == 200
     assert '"db_user":"gw_runtime"' in gateway.stderr()
+
+
+def test_hostile_content_is_logged_and_does_not_block_others(gateway, pg_cluster):
+    """U+0000 (refused by PostgreSQL text/JSONB) and over-long fields in one request."""
+    hostile = {
+        "model": "gpt-test",
+        "messages": [{"role": "user", "content": "nul\u0000byte"}],
+        "user": "u" * 300,
+    }
+    reply = gateway.call("POST", "/v1/chat/completions", hostile)
+    assert reply.status == 200
+    normal = gateway.call("POST", "/v1/chat/completions", CHAT_BODY)
+    assert logged(gateway, pg_cluster, normal.headers["x-request-id"])["status"] == 200
+    row = logged(gateway, pg_cluster, reply.headers["x-request-id"])
+    assert row["body"]["messages"][0]["content"] == "nul\ufffdbyte"
+    assert row["user"] == "u" * 255
+    assert gateway.call("GET", "/api/health").status == 200

@@ -115,7 +115,8 @@ def test_spool_left_at_shutdown_is_replayed_by_the_next_process(
 
 def test_sync_mode_commits_before_responding(start_gateway, pg_cluster, database):
     gw = start_gateway(pg_cluster.url(database), log_mode="sync")
-    for body in (CHAT_BODY, {**CHAT_BODY, "model": "upstream-500"}):
+    nul = {**CHAT_BODY, "messages": [{"role": "user", "content": "a\u0000b"}]}
+    for body in (CHAT_BODY, {**CHAT_BODY, "model": "upstream-500"}, nul):
         reply = gw.call("POST", "/v1/chat/completions", body)
         # No waiting: the row must already be there when the answer arrives.
         assert all_stored_once(pg_cluster, database, [reply.headers["x-request-id"]])

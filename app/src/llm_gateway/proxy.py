@@ -69,10 +69,10 @@ class Exchange:
             "url": _request_url(self.request.scope),
             "headers": redacted_headers(self.request.scope["headers"]),
             "body": self.body,
-            "model": self.model,
+            "model": self.model[:255] if self.model else None,  # varchar(255)
             "status_code": status,
             "key_alias": self.alias,
-            "user": user if isinstance(user, str) else None,
+            "user": user[:255] if isinstance(user, str) else None,
             "started_at": self.started_at,
             "response_body": response_body,
             "latency_ms": latency_s * 1000,

@@ -18,9 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, Engine, bindparam, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from llm_gateway import metrics
 from llm_gateway.config import WriterSettings
@@ -116,6 +118,24 @@ def insert_one_exchange(conn: Connection, ex: Exchange) -> None:
     conn.execute(_INSERT_SINGLE, params)
 
 
+def is_outage(exc: BaseException) -> bool:
+    """Connectivity trouble (retry later) as opposed to data the database refuses."""
+    return isinstance(exc, OperationalError | InterfaceError | PoolTimeoutError) or bool(
+        getattr(exc, "connection_invalidated", False)
+    )
+
+
+def without_nul(value: Any) -> Any:
+    """PostgreSQL text and JSONB cannot hold U+0000; callers may send it anyway."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_nul(v) for v in value]
+    return value
+
+
 class ExchangeWriter:
     def __init__(self, engine: Engine | None, spool: Spool, settings: WriterSettings):
         self.engine = engine
@@ -137,6 +157,7 @@ class ExchangeWriter:
             "spooled": 0,
             "replayed": 0,
             "queue_full": 0,
+            "rejected": 0,
         }
         self._commit_ms: deque[float] = deque(maxlen=2000)
 
@@ -161,8 +182,11 @@ class ExchangeWriter:
                 self.stats["exchanges_written"] += 1
                 metrics.WRITER_EXCHANGES.labels("sync").inc()
                 return
-            except SQLAlchemyError as exc:
-                self._db_failed(exc)
+            except Exception as exc:
+                if is_outage(exc):
+                    self._db_failed(exc)
+                elif self._commit([exchange], "sync"):  # isolates what the DB refuses
+                    return
         self._spool([exchange])
 
     # ---- lifecycle ------------------------------------------------------------------
@@ -230,23 +254,64 @@ class ExchangeWriter:
             self._spool(batch)
 
     def _commit(self, batch: list[Exchange], path: str) -> bool:
+        """Commit ``batch``; False when the database is unreachable (caller spools it)."""
         started = time.perf_counter()
+        written = len(batch)
         try:
             with self.engine.begin() as conn:
                 insert_exchanges(conn, batch)
-        except SQLAlchemyError as exc:
-            self._db_failed(exc)
-            return False
+        except Exception as exc:
+            if is_outage(exc):
+                self._db_failed(exc)
+                return False
+            # Data the database refuses must not block the exchanges around it.
+            rejected = self._commit_one_by_one(batch)
+            if rejected is None:
+                return False
+            written -= rejected
         elapsed = time.perf_counter() - started
         self._commit_ms.append(elapsed * 1000)
         metrics.BATCH_COMMIT.observe(elapsed)
-        metrics.WRITER_EXCHANGES.labels(path).inc(len(batch))
+        metrics.WRITER_EXCHANGES.labels(path).inc(written)
         self.stats["batches"] += 1
-        self.stats["exchanges_written"] += len(batch)
+        self.stats["exchanges_written"] += written
         if not self.db_ok:
             log.warning("writer: database reachable again")
         self.db_ok = True
         return True
+
+    def _commit_one_by_one(self, batch: list[Exchange]) -> int | None:
+        """Insert exchanges singly; returns how many were rejected, None on an outage."""
+        rejected = 0
+        for exchange in batch:
+            error: Exception | None = None
+            for candidate in (exchange, without_nul(exchange)):
+                try:
+                    with self.engine.begin() as conn:
+                        insert_exchanges(conn, [candidate])
+                    break
+                except Exception as exc:
+                    if is_outage(exc):
+                        self._db_failed(exc)
+                        return None  # the whole batch is spooled; re-inserts are no-ops
+                    error = exc
+            else:
+                self._reject(exchange, error)
+                rejected += 1
+        return rejected
+
+    def _reject(self, exchange: Exchange, error: Exception | None) -> None:
+        """Keep what the database refuses even after cleaning, for an operator to inspect."""
+        self.stats["rejected"] += 1
+        log.error(
+            "writer: database refused exchange %s: %s",
+            exchange.get("request_id"),
+            error.__class__.__name__,
+        )
+        path = self.spool.directory / f"rejected-{self.spool.pid}.jsonl"
+        line = orjson.dumps({"error": str(error)[:500], "exchange": exchange}) + b"\n"
+        with path.open("ab") as handle:
+            handle.write(line)
 
     def _db_usable(self) -> bool:
         return self.engine is not None and (self.db_ok or time.monotonic() >= self._next_retry)
