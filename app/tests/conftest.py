@@ -286,7 +286,7 @@ class Upstream:
 
 
 @contextmanager
-def _running_upstream(latency_ms: int) -> Iterator[Upstream]:
+def _running_upstream(latency_ms: int, chunk_delay_ms: int = 0) -> Iterator[Upstream]:
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -304,7 +304,7 @@ def _running_upstream(latency_ms: int) -> Iterator[Upstream]:
             "--error-rate",
             "0",
             "--chunk-delay-ms",
-            "0",
+            str(chunk_delay_ms),
         ],
         stdout=subprocess.DEVNULL,
     )
@@ -327,7 +327,26 @@ def slow_upstream() -> Iterator[Upstream]:
         yield upstream
 
 
-def gateway_config(fast: Upstream, slow: Upstream, **general) -> dict:
+@pytest.fixture(scope="session")
+def dripping_upstream() -> Iterator[Upstream]:
+    """Streams slowly (0.3 s between deltas), so a client can leave mid-stream."""
+    with _running_upstream(0, chunk_delay_ms=300) as upstream:
+        yield upstream
+
+
+@dataclass
+class Upstreams:
+    fast: Upstream
+    slow: Upstream
+    dripping: Upstream
+
+
+@pytest.fixture(scope="session")
+def upstreams(fake_upstream, slow_upstream, dripping_upstream) -> Upstreams:
+    return Upstreams(fake_upstream, slow_upstream, dripping_upstream)
+
+
+def gateway_config(upstreams: Upstreams, **general) -> dict:
     def entry(name, model, api_base, timeout=30, price=(0.000001, 0.000002)):
         return {
             "model_name": name,
@@ -342,13 +361,14 @@ def gateway_config(fast: Upstream, slow: Upstream, **general) -> dict:
 
     return {
         "model_list": [
-            entry("gpt-test", "fake-model", fast.api_base),
-            entry("balanced", "fake-a", fast.api_base),
-            entry("balanced", "fake-b", fast.api_base),
-            entry("upstream-400", "fake-error-400", fast.api_base),
-            entry("upstream-429", "fake-error-429", fast.api_base),
-            entry("upstream-500", "fake-error-500", fast.api_base),
-            entry("slow", "fake-model", slow.api_base, timeout=0.5),
+            entry("gpt-test", "fake-model", upstreams.fast.api_base),
+            entry("balanced", "fake-a", upstreams.fast.api_base),
+            entry("balanced", "fake-b", upstreams.fast.api_base),
+            entry("upstream-400", "fake-error-400", upstreams.fast.api_base),
+            entry("upstream-429", "fake-error-429", upstreams.fast.api_base),
+            entry("upstream-500", "fake-error-500", upstreams.fast.api_base),
+            entry("slow", "fake-model", upstreams.slow.api_base, timeout=0.5),
+            entry("dripping", "fake-model", upstreams.dripping.api_base),
             entry("refused", "fake-model", f"http://127.0.0.1:{free_port()}/v1"),
         ],
         "general_settings": {
@@ -387,11 +407,11 @@ class GatewayProcess:
 
 
 def launch_gateway(
-    workdir: Path, upstreams: tuple[Upstream, Upstream], database_url: str | None, **general
+    workdir: Path, upstreams: Upstreams, database_url: str | None, **general
 ) -> GatewayProcess:
     """Start a gateway as a real uvicorn process (real lifespan, real stderr)."""
     config_path = workdir / "config.yaml"
-    config_path.write_text(yaml.safe_dump(gateway_config(*upstreams, **general)))
+    config_path.write_text(yaml.safe_dump(gateway_config(upstreams, **general)))
     port = free_port()
     env = {
         **os.environ,
@@ -438,13 +458,12 @@ def new_database(cluster: PostgresCluster, template: str) -> str:
 
 
 @pytest.fixture
-def start_gateway(tmp_path_factory, fake_upstream, slow_upstream):
+def start_gateway(tmp_path_factory, upstreams):
     """Factory for tests that need their own gateway (settings, database state, signals)."""
     started: list[GatewayProcess] = []
 
     def start(database_url: str | None, workdir: Path | None = None, **general) -> GatewayProcess:
         workdir = workdir or tmp_path_factory.mktemp("gateway")
-        upstreams = (fake_upstream, slow_upstream)
         gateway = launch_gateway(workdir, upstreams, database_url, **general)
         started.append(gateway)
         return gateway
@@ -455,13 +474,13 @@ def start_gateway(tmp_path_factory, fake_upstream, slow_upstream):
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory, fake_upstream, slow_upstream, pg_cluster, migrated_template):
+def gateway(tmp_path_factory, upstreams, pg_cluster, migrated_template):
     """A default (async log mode) gateway shared by a module; tests find their own rows
     by X-Request-ID, so they do not depend on each other."""
     database = new_database(pg_cluster, migrated_template)
     # Over verified TLS, as in production (sslmode=verify-full, sslrootcert).
     url = pg_cluster.url(database, tls=True)
-    gw = launch_gateway(tmp_path_factory.mktemp("gateway"), (fake_upstream, slow_upstream), url)
+    gw = launch_gateway(tmp_path_factory.mktemp("gateway"), upstreams, url)
     gw.database = database
     yield gw
     gw.stop()

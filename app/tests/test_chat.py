@@ -261,3 +261,22 @@ def test_hostile_content_is_logged_and_does_not_block_others(gateway, pg_cluster
     assert row["body"]["messages"][0]["content"] == "nul\ufffdbyte"
     assert row["user"] == "u" * 255
     assert gateway.call("GET", "/api/health").status == 200
+
+
+def test_client_leaving_mid_stream_is_logged_as_499(gateway, pg_cluster):
+    conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+    conn.request(
+        "POST",
+        "/v1/chat/completions",
+        body=orjson.dumps({**CHAT_BODY, "model": "dripping", "stream": True}),
+        headers={"Authorization": f"Bearer {MASTER_KEY}", "Content-Type": "application/json"},
+    )
+    reply = conn.getresponse()
+    request_id = reply.getheader("x-request-id")
+    assert reply.read(6) == b"data: "  # the first event arrived
+    reply.close()  # leave while the upstream is still streaming
+    conn.close()
+    row = logged(gateway, pg_cluster, request_id)
+    assert row["status"] == 499
+    assert row["response_body"]["error"]["code"] == "client_disconnected"
+    assert gateway.call("GET", "/api/health").status == 200

@@ -21,11 +21,9 @@ from conftest import (
 from helpers import CHAT_BODY, http_call, wait_until
 
 
-def test_gunicorn_with_uvicorn_workers(
-    tmp_path, pg_cluster, database, fake_upstream, slow_upstream
-):
+def test_gunicorn_with_uvicorn_workers(tmp_path, pg_cluster, database, upstreams):
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(gateway_config(fake_upstream, slow_upstream)))
+    config.write_text(yaml.safe_dump(gateway_config(upstreams)))
     port = free_port()
     stderr_path = tmp_path / "stderr.log"
     gunicorn = Path(sys.executable).parent / "gunicorn"

@@ -368,6 +368,11 @@ async def _stream(gateway: Gateway, ex: Exchange) -> Response:
     )
 
 
+async def _wait_for_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 async def _relay(
     gateway: Gateway, ex: Exchange, upstream: aiohttp.ClientResponse, client_wants_usage: bool
 ) -> AsyncIterator[bytes]:
@@ -375,8 +380,14 @@ async def _relay(
     status = 200
     error: dict | None = None
     event: list[bytes] = []
+    finished = False
+    # ASGI 2.4 servers drop writes to a closed connection silently; only the receive
+    # channel says the client left, so watch it to stop relaying and log a 499.
+    client_gone = asyncio.create_task(_wait_for_disconnect(ex.request))
     try:
         async for line in upstream.content:
+            if client_gone.done():
+                break
             if line.strip():
                 event.append(line)
                 continue
@@ -401,14 +412,23 @@ async def _relay(
             if relay:
                 yield b"".join(event) + b"\n"
             event = []
-        if event:
+        if event and not client_gone.done():
             yield b"".join(event) + b"\n\n"
+        finished = not client_gone.done()
     except (TimeoutError, aiohttp.ClientError) as exc:
         status, error = _transport_error(exc)
+        finished = True
         yield b"data: " + orjson.dumps(error) + b"\n\n"
     finally:
+        client_gone.cancel()
         upstream.release()
         body = log.body()
         if error is not None:
             body["error"] = error["error"]
+        elif not finished:
+            # The client went away mid-stream (499, nginx's convention); log what was sent.
+            status = 499
+            body["error"] = error_body(499, "client closed the stream", "client_disconnected")[
+                "error"
+            ]
         await _log(gateway, ex, status, body, log.usage)

@@ -224,23 +224,19 @@ class ExchangeWriter:
                 return
 
     async def _gather(self, flush_s: float) -> list[Exchange]:
-        """Wait for the first exchange, then collect more until full or the timer ends."""
+        """Wait for the first exchange, give others the flush interval to join unless a
+        full batch is already waiting, then take up to batch_size. One timer per batch,
+        not one per exchange: this runs on the event loop that serves requests."""
         try:
             first = await asyncio.wait_for(self.queue.get(), self.settings.retry_interval_s)
         except TimeoutError:
             return []
+        limit = self.settings.batch_size
+        if self.queue.qsize() < limit - 1 and not self._stopping:
+            await asyncio.sleep(flush_s)
         batch = [first]
-        deadline = time.monotonic() + flush_s
-        while len(batch) < self.settings.batch_size:
-            while not self.queue.empty() and len(batch) < self.settings.batch_size:
-                batch.append(self.queue.get_nowait())
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or len(batch) >= self.settings.batch_size or self._stopping:
-                break
-            try:
-                batch.append(await asyncio.wait_for(self.queue.get(), remaining))
-            except TimeoutError:
-                break
+        while len(batch) < limit and not self.queue.empty():
+            batch.append(self.queue.get_nowait())
         return batch
 
     # ---- writer thread --------------------------------------------------------------

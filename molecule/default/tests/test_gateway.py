@@ -1,0 +1,247 @@
+"""The gateway host: llm-gateway.service deployed, sandboxed, serving, logging to PostgreSQL.
+
+Effects, not files: the running process's credentials and sandbox (/proc), a real chat call
+made inside the container with the master key from the environment file, its rows in the
+database, the TLS state of the service's own database sessions (pg_stat_ssl), and the raw
+master key searched for in every table and in the journals.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+UNIT = "llm-gateway.service"
+SERVICE_USER = "llm-gateway"
+PORT = 4000
+DATABASE = "litellm_db"
+RUNTIME_ROLE = "litellm_user"
+ENV_FILE = "/etc/llm-gateway/gateway.env"
+CAP_SYS_ADMIN = 21
+ROW_WAIT_SECONDS = 10
+
+pytestmark = [
+    pytest.mark.host_group("gateway"),
+    pytest.mark.systemd_unit(UNIT),
+]
+
+# The unit's sandbox as systemd reports it (systemctl show).
+HARDENING = [
+    ("NoNewPrivileges", "yes"),
+    ("ProtectSystem", "strict"),
+    ("ProtectHome", "yes"),
+    ("PrivateTmp", "yes"),
+    ("PrivateDevices", "yes"),
+    ("CapabilityBoundingSet", ""),
+    ("AmbientCapabilities", ""),
+    ("ReadWritePaths", "/var/lib/llm-gateway"),
+    ("ProtectKernelTunables", "yes"),
+    ("ProtectKernelModules", "yes"),
+    ("ProtectKernelLogs", "yes"),
+    ("ProtectControlGroups", "yes"),
+    ("ProtectClock", "yes"),
+    ("ProtectHostname", "yes"),
+    ("ProtectProc", "invisible"),
+    ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX"),
+    ("RestrictNamespaces", "yes"),
+    ("RestrictRealtime", "yes"),
+    ("RestrictSUIDSGID", "yes"),
+    ("LockPersonality", "yes"),
+    ("MemoryDenyWriteExecute", "yes"),
+    ("SystemCallArchitectures", "native"),
+    ("UMask", "0027"),
+    ("User", SERVICE_USER),
+    ("Group", SERVICE_USER),
+    ("Restart", "on-failure"),
+]
+
+# The same sandbox seen from the kernel's side, in /proc/<MainPID>/status.
+PROCESS_STATUS = [
+    ("NoNewPrivs", "1"),
+    ("Seccomp", "2"),
+    ("CapBnd", "0000000000000000"),
+    ("CapEff", "0000000000000000"),
+    ("CapAmb", "0000000000000000"),
+]
+
+# Runs inside the gateway container with its own python3 (the image has no curl): one chat
+# call with the master key read from the environment file; prints status, headers, body.
+CHAT_CALL = """
+import json, sys, urllib.request
+env_file, port = sys.argv[1], sys.argv[2]
+env = {}
+for line in open(env_file):
+    name, sep, value = line.strip().partition("=")
+    if sep and not name.startswith("#"):
+        env[name] = value.strip('"')
+request = urllib.request.Request(
+    f"http://127.0.0.1:{port}/v1/chat/completions",
+    data=json.dumps({"model": "fake-gpt", "messages": [
+        {"role": "user", "content": "testinfra says hello"}]}).encode(),
+    headers={"Authorization": "Bearer " + env["GATEWAY_MASTER_KEY"],
+             "Content-Type": "application/json"},
+)
+with urllib.request.urlopen(request, timeout=60) as response:
+    print(json.dumps({"status": response.status,
+                      "headers": {k.lower(): v for k, v in response.headers.items()},
+                      "body": json.loads(response.read())}))
+"""
+
+HEALTH_CALL = """
+import sys, urllib.request, urllib.error
+try:
+    print(urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/api/health", timeout=10).status)
+except urllib.error.HTTPError as error:
+    print(error.code)
+"""
+
+
+def psql(db_host: Any, sql: str) -> str:
+    """One value (or `|`-separated rows) from psql as the postgres superuser on the db host."""
+    result = db_host.run(
+        "runuser -u postgres -- psql -X -A -t -v ON_ERROR_STOP=1 -d %s -c %s", DATABASE, sql
+    )
+    assert result.rc == 0, result.stderr
+    return result.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def db_host(group_host: Any) -> Any:
+    return group_host("database")
+
+
+@pytest.fixture(scope="module")
+def main_pid(host: Any) -> int:
+    pid = int(host.run("systemctl show --property=MainPID --value %s", UNIT).stdout.strip())
+    assert pid > 0, f"{UNIT} has no main process"
+    return pid
+
+
+@pytest.fixture(scope="module")
+def master_key(host: Any) -> str:
+    for line in host.file(ENV_FILE).content_string.splitlines():
+        name, _, value = line.partition("=")
+        if name == "GATEWAY_MASTER_KEY":
+            return value.strip('"')
+    raise AssertionError(f"GATEWAY_MASTER_KEY missing from {ENV_FILE}")
+
+
+@pytest.fixture(scope="module")
+def chat(host: Any) -> dict[str, Any]:
+    result = host.run("python3 -c %s %s %s", CHAT_CALL, ENV_FILE, str(PORT))
+    assert result.rc == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_unit_active_and_enabled(host: Any) -> None:
+    service = host.service(UNIT)
+    assert service.is_running
+    assert service.is_enabled
+
+
+def test_main_process_runs_as_service_user(host: Any, main_pid: int) -> None:
+    assert host.run("ps -o user= -p %s", str(main_pid)).stdout.strip() == SERVICE_USER
+
+
+def test_workers_run_as_service_user(host: Any, main_pid: int) -> None:
+    users = host.run("ps -o user= --ppid %s", str(main_pid)).stdout.split()
+    assert users, "gunicorn has no workers"
+    assert set(users) == {SERVICE_USER}
+
+
+@pytest.mark.parametrize(("prop", "expected"), HARDENING)
+def test_unit_hardening(host: Any, prop: str, expected: str) -> None:
+    assert host.service(UNIT).systemd_properties.get(prop, "") == expected
+
+
+@pytest.mark.parametrize(("field", "expected"), PROCESS_STATUS)
+def test_sandbox_in_effect(host: Any, main_pid: int, field: str, expected: str) -> None:
+    status = host.file(f"/proc/{main_pid}/status").content_string
+    values = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    assert values[field].strip() == expected
+
+
+def test_filesystem_sandbox_in_effect(host: Any, main_pid: int) -> None:
+    """ProtectSystem=strict & co. need a mount namespace, which systemd only gets with
+    CAP_SYS_ADMIN: a container without it makes systemd skip them silently."""
+    pid1_bounding = int(host.file("/proc/1/status").content_string.split("CapBnd:\t")[1][:16], 16)
+    if not pid1_bounding & (1 << CAP_SYS_ADMIN):
+        pytest.skip("container lacks CAP_SYS_ADMIN: systemd skips mount-namespace sandboxing")
+    own_ns = host.run("readlink /proc/%s/ns/mnt", str(main_pid)).stdout.strip()
+    assert own_ns != host.run("readlink /proc/1/ns/mnt").stdout.strip()
+    mounts = host.file(f"/proc/{main_pid}/mountinfo").content_string.splitlines()
+    root_options = next(line.split()[5] for line in mounts if line.split()[4] == "/")
+    assert root_options.split(",")[0] == "ro"
+
+
+def test_port_listening(host: Any) -> None:
+    assert host.socket(f"tcp://0.0.0.0:{PORT}").is_listening
+
+
+def test_health_ok(host: Any) -> None:
+    assert host.run("python3 -c %s %s", HEALTH_CALL, str(PORT)).stdout.strip() == "200"
+
+
+def test_chat_call_succeeds(chat: dict[str, Any]) -> None:
+    assert chat["status"] == 200
+    assert chat["body"]["choices"][0]["message"]["content"]
+
+
+@pytest.mark.parametrize("header", ["x-request-id", "x-db-overhead", "x-total-latency"])
+def test_chat_call_headers(chat: dict[str, Any], header: str) -> None:
+    assert chat["headers"].get(header)
+
+
+def test_chat_exchange_logged(chat: dict[str, Any], db_host: Any) -> None:
+    request_id = chat["headers"]["x-request-id"].replace("'", "")
+    sql = (
+        "SELECT r.status_code, s.status_code FROM requests r "
+        f"JOIN responses s ON s.request_id_fk = r.id WHERE r.request_id = '{request_id}'"
+    )
+    deadline = time.monotonic() + ROW_WAIT_SECONDS
+    row = psql(db_host, sql)
+    while not row and time.monotonic() < deadline:
+        time.sleep(0.5)
+        row = psql(db_host, sql)
+    assert row == "200|200", f"no request+response rows for {request_id} in {ROW_WAIT_SECONDS}s"
+
+
+def test_database_sessions_encrypted(chat: dict[str, Any], db_host: Any) -> None:
+    rows = psql(
+        db_host,
+        "SELECT s.ssl, s.version FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) "
+        f"WHERE a.application_name = 'llm-gateway' AND a.usename = '{RUNTIME_ROLE}'",
+    ).splitlines()
+    assert rows, "the gateway has no session on the database"
+    assert all(row.startswith("t|TLSv1.") for row in rows), rows
+
+
+def test_env_file_permissions(host: Any) -> None:
+    env_file = host.file(ENV_FILE)
+    assert (env_file.user, env_file.group, env_file.mode) == ("root", SERVICE_USER, 0o640)
+    assert not env_file.mode & 0o007
+
+
+def test_config_dir_permissions(host: Any) -> None:
+    config_dir = host.file("/etc/llm-gateway")
+    assert (config_dir.user, config_dir.group, config_dir.mode) == ("root", SERVICE_USER, 0o750)
+
+
+def test_master_key_in_no_table(chat: dict[str, Any], master_key: str, db_host: Any) -> None:
+    dump = db_host.run("runuser -u postgres -- pg_dump --data-only %s", DATABASE)
+    assert dump.rc == 0, dump.stderr
+    assert "testinfra says hello" in dump.stdout, "the dump lacks the logged exchange"
+    assert master_key not in dump.stdout
+
+
+@pytest.mark.parametrize("which", ["gateway", "database"])
+def test_master_key_in_no_journal_line(
+    chat: dict[str, Any], master_key: str, host: Any, db_host: Any, which: str
+) -> None:
+    target = host if which == "gateway" else db_host
+    journal = target.run("journalctl --no-pager --output=cat")
+    assert journal.rc == 0, journal.stderr
+    assert master_key not in journal.stdout
