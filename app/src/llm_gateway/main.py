@@ -67,7 +67,7 @@ async def _announce_database(gateway: Gateway, retry_s: float) -> None:
         return
 
 
-def create_app(config: GatewayConfig | None = None, env: EnvSettings | None = None) -> FastAPI:
+def create_app(config: GatewayConfig | None = None, env: EnvSettings | None = None) -> ChatFastPath:
     # Config errors surface here, at worker boot, naming the entry and the reason.
     env = env or EnvSettings()
     config = config or load_config(env)
@@ -106,13 +106,41 @@ def create_app(config: GatewayConfig | None = None, env: EnvSettings | None = No
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        # Our own Prometheus metrics cover requests; FastAPI's OpenTelemetry hooks would
+        # look up providers (and the environment) on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    # The hot path is a bare Starlette route (see proxy.py for why).
+    # Reachable through FastAPI too (same handler), e.g. for ASGI test clients.
     app.router.add_route(proxy.ROUTE, proxy.chat_completions, methods=["POST"])
     app.include_router(api.router)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    return app
+    return ChatFastPath(app)
+
+
+class ChatFastPath:
+    """Pure ASGI front: POST /v1/chat/completions goes straight to its handler, past
+    FastAPI's middleware stack and router (tens of microseconds per request on this
+    machine); everything else, lifespan included, is the FastAPI app."""
+
+    def __init__(self, app: FastAPI):
+        self.app = app
+
+    def __getattr__(self, name: str):
+        return getattr(self.app, name)  # app.state, app.router, ... as on FastAPI
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] != proxy.ROUTE or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        scope["app"] = self.app
+        try:
+            response = await proxy.chat_completions(Request(scope, receive))
+        except Exception:
+            # What ServerErrorMiddleware would do: log it and answer OpenAI-style.
+            log.exception("unhandled error in %s", proxy.ROUTE)
+            response = error_response(500, "internal error in the gateway", "internal_error")
+        await response(scope, receive, send)
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
