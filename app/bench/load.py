@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from procs import cpu_seconds
 
@@ -41,6 +44,9 @@ class Run:
     statuses: Counter = field(default_factory=Counter)
     request_ids: list[str] = field(default_factory=list)
     db_overheads_ms: list[float] = field(default_factory=list)
+    # wrk's connections per server process mid-run, busiest first: gunicorn workers share
+    # one listening socket, and a few keep-alive connections can all land on one worker.
+    connections: list[int] = field(default_factory=list)
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -58,19 +64,41 @@ def parse_ms(header: str) -> float | None:
         return None
 
 
+def connections_by_process(port: int) -> list[int]:
+    """Established connections to ``port`` per server process, busiest first."""
+    try:
+        listing = subprocess.run(
+            ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
+            capture_output=True, text=True, check=False,
+        ).stdout  # fmt: skip
+    except FileNotFoundError:  # no iproute2: the column stays empty
+        return []
+    return sorted(Counter(re.findall(r"pid=(\d+)", listing)).values(), reverse=True)
+
+
 def run_wrk(target: Target, mode: str, concurrency: int, duration_s: int, out: Path) -> Run:
     # One wrk thread per 4 connections: enough to keep 8 busy without a third busy core.
     threads = max(1, concurrency // 4)
     env = {**os.environ, "BENCH_BODY": target.body, "BENCH_KEY": target.key, "BENCH_OUT": str(out)}
     pids = target.server_pids()
     cpu_before = sum(cpu_seconds(pid) for pid in pids)
-    completed = subprocess.run(
+    wrk = subprocess.Popen(
         [WRK, f"-t{threads}", f"-c{concurrency}", f"-d{duration_s}s", "--timeout", "10s",
          "-s", str(LUA_SCRIPT), target.url],
-        env=env, capture_output=True, text=True, check=True, timeout=duration_s + 30,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+    try:
+        time.sleep(duration_s / 2)
+        connections = connections_by_process(urlsplit(target.url).port)
+        stdout, stderr = wrk.communicate(timeout=duration_s + 30)
+    finally:
+        if wrk.poll() is None:
+            wrk.kill()
+            wrk.wait()
+    if wrk.returncode != 0:
+        raise RuntimeError(f"wrk failed ({wrk.returncode}): {stderr[-1000:]}")
     cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
-    line = next(ln for ln in completed.stdout.splitlines() if ln.startswith("WRK_JSON "))
+    line = next(ln for ln in stdout.splitlines() if ln.startswith("WRK_JSON "))
     summary = json.loads(line.removeprefix("WRK_JSON "))
     run = Run(
         target=target.name,
@@ -82,6 +110,7 @@ def run_wrk(target: Target, mode: str, concurrency: int, duration_s: int, out: P
         requests=summary["requests"],
         failed=summary["non_2xx"] + summary["socket_errors"],
         cpu_ms_per_request=cpu * 1000 / max(summary["requests"], 1),
+        connections=connections,
     )
     for record in out.read_text().splitlines():
         status, request_id, overhead = record.split("\t")

@@ -267,7 +267,7 @@ def added(bench: Bench, mode: str, concurrency: int, attr: str) -> float:
 def report(bench: Bench, writer_rate: float) -> str:
     header = (f"{'mode':6} {'target':8} {'c':>2} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7}"
               f" {'+p50 ms':>8} {'+p99 ms':>8} {'dbo p50':>8} {'dbo p99':>8} {'cpu ms/req':>10}"
-              f" {'failed':>6}")  # fmt: skip
+              f" {'failed':>6}  conns/process")  # fmt: skip
     lines = [header, "-" * len(header)]
     overheads: dict[str, list[float]] = {}
     for mode in SCHEDULE:
@@ -280,28 +280,26 @@ def report(bench: Bench, writer_rate: float) -> str:
                 if not runs:
                     continue
                 dbo = [v for r in runs for v in r.db_overheads_ms]
+                added_p50 = added_p99 = float("nan")
+                conns = ""
                 if target == "gateway":
                     overheads.setdefault(mode, []).extend(dbo)
-                extra = (
-                    (
-                        added(bench, mode, concurrency, "p50_ms"),
-                        added(bench, mode, concurrency, "p99_ms"),
-                    )
-                    if target == "gateway"
-                    else (float("nan"), float("nan"))
-                )
+                    added_p50 = added(bench, mode, concurrency, "p50_ms")
+                    added_p99 = added(bench, mode, concurrency, "p99_ms")
+                    conns = " ".join("/".join(map(str, r.connections)) for r in runs)
                 lines.append(
                     f"{mode:6} {target:8} {concurrency:>2} {median_of(runs, 'rps'):>8.0f}"
                     f" {median_of(runs, 'p50_ms'):>7.2f} {median_of(runs, 'p99_ms'):>7.2f}"
-                    f" {extra[0]:>8.2f} {extra[1]:>8.2f}"
+                    f" {added_p50:>8.2f} {added_p99:>8.2f}"
                     f" {percentile(dbo, 50):>8.3f} {percentile(dbo, 99):>8.3f}"
                     f" {median_of(runs, 'cpu_ms_per_request'):>10.3f}"
-                    f" {sum(r.failed for r in runs):>6}"
+                    f" {sum(r.failed for r in runs):>6}  {conns}"
                 )
     print("\n".join(lines))
     print(
         "+p50/+p99: gateway minus direct in the same round (median of rounds); dbo: X-DB-Overhead"
-        " over all answers; cpu: server CPU (gunicorn workers or upstream) per request"
+        " over all answers; cpu: server CPU (gunicorn workers or upstream) per request;"
+        " conns/process: wrk's connections per gateway worker mid-run, one entry per round"
     )
     gateway_c8 = [
         r for _, r in bench.runs if (r.mode, r.concurrency, r.target) == ("async", 8, "gateway")
