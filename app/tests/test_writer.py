@@ -44,6 +44,17 @@ def test_writer_commits_in_batches(start_gateway, pg_cluster, database):
     assert writer["batches"] < 100
 
 
+def test_full_queue_overflows_to_the_spool_without_loss(start_gateway, pg_cluster, database):
+    # A two-slot queue and a slow flush timer: most exchanges find the queue full.
+    writer = {"queue_size": 2, "batch_size": 2, "flush_interval_ms": 300}
+    gw = start_gateway(pg_cluster.url(database), writer=writer)
+    ids = chat_many(gw, 30)
+    wait_until(lambda: all_stored_once(pg_cluster, database, ids))
+    stats = gw.call("GET", "/api/db-stats").json()["writer"]
+    assert stats["queue_full"] > 0
+    assert stats["spooled"] >= stats["queue_full"]
+
+
 def test_database_outage_spools_then_replays_exactly_once(start_gateway, restore_cluster, database):
     pg_cluster = restore_cluster
     gw = start_gateway(pg_cluster.url(database))
