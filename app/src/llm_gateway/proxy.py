@@ -229,9 +229,8 @@ async def chat_completions(request: Request) -> Response:
     ex.model = ex.body["model"]
     ex.deployment = gateway.router.pick(ex.model)
     if ex.deployment is None:
-        return await _reject(
-            gateway, ex, 404, f"model {ex.model!r} is not configured", "model_not_found", "model"
-        )
+        message = f"model {ex.model[:100]!r} is not configured"  # do not echo huge input
+        return await _reject(gateway, ex, 404, message, "model_not_found", "model")
     if ex.body.get("stream"):
         return await _stream(gateway, ex)
     return await _forward(gateway, ex)
