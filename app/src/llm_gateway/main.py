@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from llm_gateway import __version__, api, proxy
+from llm_gateway import __version__, api, metrics, proxy
 from llm_gateway.config import GatewayConfig, load_config
 from llm_gateway.db import connection_facts, make_engine
 from llm_gateway.errors import error_response
@@ -98,6 +98,7 @@ def create_app(config: GatewayConfig | None = None, env: EnvSettings | None = No
             if engine is not None:
                 engine.dispose()
             emit_event("shutdown", **writer.snapshot())
+            metrics.forget_this_process()
 
     app = FastAPI(
         title="llm-gateway",

@@ -35,10 +35,12 @@ DB_OVERHEAD = Histogram(
 TOKENS = Counter("llm_gateway_tokens_total", "Tokens used", ["model", "kind"])
 COST = Counter("llm_gateway_cost_total", "Cost computed from model_info prices", ["model"])
 WRITER_QUEUE = Gauge(
-    "llm_gateway_writer_queue_depth", "Exchanges waiting for the writer", multiprocess_mode="sum"
+    "llm_gateway_writer_queue_depth",
+    "Exchanges waiting for the writer",
+    multiprocess_mode="livesum",
 )
 SPOOL_BACKLOG = Gauge(
-    "llm_gateway_spool_backlog", "Exchanges on disk awaiting replay", multiprocess_mode="sum"
+    "llm_gateway_spool_backlog", "Exchanges on disk awaiting replay", multiprocess_mode="livesum"
 )
 WRITER_EXCHANGES = Counter("llm_gateway_writer_exchanges_total", "Exchanges committed", ["path"])
 WRITER_FAILURES = Counter("llm_gateway_writer_failures_total", "Failed batch commits")
@@ -73,6 +75,12 @@ def for_model(model: str) -> ModelMetrics:
 @lru_cache(maxsize=4096)
 def requests_counter(model: str, status: int) -> Counter:
     return REQUESTS.labels(model, str(status))
+
+
+def forget_this_process() -> None:
+    """On a clean stop, drop this worker's live gauges from the multiprocess directory."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(os.getpid())
 
 
 def render() -> tuple[bytes, str]:
