@@ -142,3 +142,8 @@ def test_health_and_metrics_can_require_a_key(start_gateway, pg_cluster, databas
     for path in ("/api/health", "/metrics"):
         assert gw.call("GET", path, key=None).status == 401
         assert gw.call("GET", path).status == 200
+
+
+def test_health_answers_head_for_load_balancers(gateway):
+    reply = gateway.call("HEAD", "/api/health", key=None)
+    assert (reply.status, reply.raw) == (200, b"")

@@ -79,7 +79,11 @@ async def list_models(request: Request) -> dict:
     }
 
 
-@router.get("/api/health", dependencies=[Depends(_optional_key("health_requires_auth"))])
+@router.api_route(
+    "/api/health",
+    methods=["GET", "HEAD"],
+    dependencies=[Depends(_optional_key("health_requires_auth"))],
+)
 async def health(request: Request) -> JSONResponse:
     """Runs a real query through the pool: a health check that skips the DB proves nothing."""
     gateway = _gateway(request)
