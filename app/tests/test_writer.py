@@ -97,6 +97,17 @@ def test_service_starts_without_database_and_catches_up(start_gateway, restore_c
     assert gw.call("GET", "/api/health").status == 200
 
 
+def test_without_database_url_exchanges_stay_in_the_spool(start_gateway):
+    gw = start_gateway(None)
+    assert "db_unavailable" in gw.stderr()
+    chat_many(gw, 3)
+    gw.stop()
+    spool = gw.workdir / "spool"
+    lines = sum(len(p.read_bytes().splitlines()) for p in spool.glob("*.jsonl"))
+    assert lines == 3
+    assert not list(spool.glob("rejected-*"))
+
+
 def test_sigterm_drains_the_queue(start_gateway, pg_cluster, database):
     # A long flush timer keeps exchanges queued until the stop.
     gw = start_gateway(

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine, bindparam, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from llm_gateway import metrics
@@ -158,6 +158,7 @@ class ExchangeWriter:
             "replayed": 0,
             "queue_full": 0,
             "rejected": 0,
+            "lost": 0,
         }
         self._commit_ms: deque[float] = deque(maxlen=2000)
 
@@ -182,7 +183,7 @@ class ExchangeWriter:
                 self.stats["exchanges_written"] += 1
                 metrics.WRITER_EXCHANGES.labels("sync").inc()
                 return
-            except Exception as exc:
+            except (SQLAlchemyError, ValueError) as exc:
                 if is_outage(exc):
                     self._db_failed(exc)
                 elif self._commit([exchange], "sync"):  # isolates what the DB refuses
@@ -241,12 +242,16 @@ class ExchangeWriter:
 
     # ---- writer thread --------------------------------------------------------------
     def _write_batch(self, batch: list[Exchange]) -> None:
-        # While anything is spooled, new exchanges queue up behind it to keep the order.
-        if self.spool.has_backlog() or not self._db_usable():
-            self._spool(batch)
-            self._maybe_replay()
-            return
-        if not self._commit(batch, "live"):
+        try:
+            # While anything is spooled, new exchanges queue up behind it to keep the order.
+            if self.spool.has_backlog() or not self._db_usable():
+                self._spool(batch)
+                self._maybe_replay()
+            elif not self._commit(batch, "live"):
+                self._spool(batch)
+        except Exception:
+            # A bug must not cost exchanges: keep them on disk (re-inserts are no-ops).
+            log.exception("writer: unexpected error; spooling the batch")
             self._spool(batch)
 
     def _commit(self, batch: list[Exchange], path: str) -> bool:
@@ -256,7 +261,7 @@ class ExchangeWriter:
         try:
             with self.engine.begin() as conn:
                 insert_exchanges(conn, batch)
-        except Exception as exc:
+        except (SQLAlchemyError, ValueError) as exc:
             if is_outage(exc):
                 self._db_failed(exc)
                 return False
@@ -286,7 +291,7 @@ class ExchangeWriter:
                     with self.engine.begin() as conn:
                         insert_exchanges(conn, [candidate])
                     break
-                except Exception as exc:
+                except (SQLAlchemyError, ValueError) as exc:
                     if is_outage(exc):
                         self._db_failed(exc)
                         return None  # the whole batch is spooled; re-inserts are no-ops
@@ -321,13 +326,21 @@ class ExchangeWriter:
         self._next_retry = time.monotonic() + self.settings.retry_interval_s
 
     def _spool(self, batch: list[Exchange]) -> None:
-        written = self.spool.append(batch)
+        try:
+            written = self.spool.append(batch)
+        except OSError as exc:
+            # Disk full or unwritable: nothing else can keep these; say so loudly.
+            self.stats["lost"] += len(batch)
+            log.error("writer: cannot spool %d exchanges: %s", len(batch), exc)
+            return
         self.stats["spooled"] += written
         metrics.SPOOLED.inc(written)
         metrics.SPOOL_BACKLOG.set(self.spool.backlog)
 
     def _maybe_replay(self, force: bool = False) -> None:
-        if not self.spool.has_backlog() or not (force or self._db_usable()):
+        if self.engine is None or not self.spool.has_backlog():
+            return
+        if not (force or self._db_usable()):
             return
 
         def write(chunk: list[Exchange]) -> None:
