@@ -270,6 +270,15 @@ def _map_upstream_error(status: int, raw: bytes) -> tuple[int, dict]:
     return 502, error_body(502, f"upstream returned HTTP {status}", f"upstream_http_{status}")
 
 
+async def _upstream_error_response(
+    gateway: Gateway, ex: Exchange, status: int, body: dict, retry_after: str | None
+) -> Response:
+    headers = await _log(gateway, ex, status, body, None)
+    if retry_after and status == 429:
+        headers["Retry-After"] = retry_after  # clients (the openai SDK too) honour it
+    return _json_response(status, body, headers)
+
+
 def _transport_error(exc: BaseException) -> tuple[int, dict]:
     if isinstance(exc, asyncio.TimeoutError):
         return 504, error_body(504, "upstream timed out", "upstream_timeout")
@@ -289,6 +298,7 @@ async def _forward(gateway: Gateway, ex: Exchange) -> Response:
         ) as upstream:
             raw = await upstream.read()
             status = upstream.status
+            retry_after = upstream.headers.get("Retry-After")
     except (TimeoutError, aiohttp.ClientError) as exc:
         status, body = _transport_error(exc)
         return _json_response(status, body, await _log(gateway, ex, status, body, None))
@@ -305,7 +315,7 @@ async def _forward(gateway: Gateway, ex: Exchange) -> Response:
         return Response(raw, status, headers=headers, media_type="application/json")
 
     status, body = _map_upstream_error(status, raw)
-    return _json_response(status, body, await _log(gateway, ex, status, body, None))
+    return await _upstream_error_response(gateway, ex, status, body, retry_after)
 
 
 class _StreamLog:
@@ -377,7 +387,8 @@ async def _stream(gateway: Gateway, ex: Exchange) -> Response:
         finally:
             upstream.release()
         status, body = _map_upstream_error(upstream.status, raw)
-        return _json_response(status, body, await _log(gateway, ex, status, body, None))
+        retry_after = upstream.headers.get("Retry-After")
+        return await _upstream_error_response(gateway, ex, status, body, retry_after)
 
     # Headers go out before the body exists, so they carry the time to first byte; the
     # exchange is logged when the stream ends (its cost shows in the db_overhead metric).
