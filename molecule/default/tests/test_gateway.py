@@ -245,3 +245,29 @@ def test_master_key_in_no_journal_line(
     journal = target.run("journalctl --no-pager --output=cat")
     assert journal.rc == 0, journal.stderr
     assert master_key not in journal.stdout
+
+
+@pytest.fixture(scope="module")
+def lab_upstream(hostvars: dict[str, Any]) -> str:
+    if not hostvars.get("gateway_lab_upstream_enabled"):
+        pytest.skip("this environment has no lab upstream")
+    return "llm-fake-upstream.service"
+
+
+def test_lab_upstream_active_and_enabled(host: Any, lab_upstream: str) -> None:
+    service = host.service(lab_upstream)
+    assert service.is_running
+    assert service.is_enabled
+
+
+def test_lab_upstream_runs_unprivileged(host: Any, lab_upstream: str) -> None:
+    pid = host.run("systemctl show --property=MainPID --value %s", lab_upstream).stdout.strip()
+    assert host.run("ps -o user= -p %s", pid).stdout.strip() == "llm-fake-upstream"
+    status = host.file(f"/proc/{pid}/status").content_string
+    assert "NoNewPrivs:\t1" in status
+    assert "CapEff:\t0000000000000000" in status
+
+
+def test_lab_upstream_on_loopback_only(host: Any, lab_upstream: str) -> None:
+    assert host.socket("tcp://127.0.0.1:9000").is_listening
+    assert not host.socket("tcp://0.0.0.0:9000").is_listening
