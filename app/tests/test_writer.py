@@ -5,8 +5,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import create_engine
 
+from llm_gateway.config import WriterSettings
+from llm_gateway.proxy import _token_count
 from llm_gateway.spool import Spool
-from llm_gateway.writer import insert_exchanges, insert_one_exchange
+from llm_gateway.writer import ExchangeWriter, insert_exchanges, insert_one_exchange
 
 from conftest import all_stored_once, query
 from helpers import CHAT_BODY, wait_until
@@ -145,6 +147,30 @@ def test_sync_mode_commits_before_responding(start_gateway, pg_cluster, database
         assert float(reply.headers["x-db-overhead"].removesuffix("ms")) > 0
 
 
+def test_sync_mode_under_concurrency_commits_every_exchange_before_its_answer(
+    start_gateway, pg_cluster, database
+):
+    gw = start_gateway(pg_cluster.url(database), log_mode="sync")
+
+    def one(i: int) -> str:
+        body = {**CHAT_BODY, "stream": i % 5 == 0}
+        reply = gw.call("POST", "/v1/chat/completions", body)
+        assert reply.status == 200, reply.raw
+        request_id = reply.headers["x-request-id"]
+        # Checked the moment this answer arrives, while other requests are in flight.
+        assert all_stored_once(pg_cluster, database, [request_id]), request_id
+        return request_id
+
+    with ThreadPoolExecutor(16) as pool:
+        ids = list(pool.map(one, range(80)))
+    assert all_stored_once(pg_cluster, database, ids)
+    writer = gw.call("GET", "/api/db-stats").json()["writer"]
+    assert writer["exchanges_written"] == 80
+    # Group commit: requests that waited together shared one statement.
+    assert writer["batches"] < 80
+    assert writer["spooled"] == 0
+
+
 def test_sync_mode_spools_when_the_database_is_down(start_gateway, restore_cluster, database):
     pg_cluster = restore_cluster
     gw = start_gateway(pg_cluster.url(database), log_mode="sync")
@@ -228,3 +254,61 @@ def test_single_exchange_insert_is_idempotent(pg_cluster, database):
         " JOIN responses p ON p.request_id_fk = r.id",
     )
     assert [(r[0], r[1], float(r[2])) for r in rows] == [("req_once", 3, 0.000005)]
+
+
+def test_batch_with_repeated_request_ids_is_stored_exactly_once(pg_cluster, database):
+    engine = create_engine(pg_cluster.url(database))
+    try:
+        with engine.begin() as conn:
+            first = insert_exchanges(conn, [exchange("req_a"), exchange("req_b")])
+        with engine.begin() as conn:
+            # A replay after a crash: old lines again, one of them twice in the same chunk.
+            second = insert_exchanges(
+                conn, [exchange("req_a"), exchange("req_c"), exchange("req_c")]
+            )
+    finally:
+        engine.dispose()
+    assert (first, second) == (2, 1)
+    assert all_stored_once(pg_cluster, database, ["req_a", "req_b", "req_c"])
+    rows = query(
+        pg_cluster,
+        database,
+        "SELECT r.created_at = to_timestamp(1700000000), p.latency_ms,"
+        " p.created_at - r.created_at, r.body->>'model', p.response_body"
+        " FROM requests r JOIN responses p ON p.request_id_fk = r.id"
+        " WHERE r.request_id = 'req_a'",
+    )
+    ((same_start, latency, delta, model, response_body),) = rows
+    assert same_start and float(latency) == 1.23 and model == "gpt-test"
+    assert delta.total_seconds() == pytest.approx(0.001234)
+    assert response_body == {"ok": True}
+
+
+def test_writer_replaces_its_kept_connection_after_a_server_restart(
+    tmp_path, restore_cluster, database
+):
+    pg_cluster = restore_cluster
+    engine = create_engine(pg_cluster.url(database), pool_pre_ping=True)
+    spool = Spool(tmp_path)
+    spool.open()
+    writer = ExchangeWriter(engine, spool, WriterSettings())
+    try:
+        assert writer._commit([exchange("req_before")], "live")
+        pg_cluster.stop()
+        pg_cluster.start()
+        # The kept connection is dead; one fresh connection must do, not an outage.
+        assert writer._commit([exchange("req_after")], "live")
+        assert writer.stats["failures"] == 0
+        writer._close_conn()
+    finally:
+        engine.dispose()
+    assert all_stored_once(pg_cluster, database, ["req_before", "req_after"])
+
+
+@pytest.mark.parametrize(
+    ("value", "count"),
+    [(11, 11), (11.0, 11), (True, None), ("11", None), (float("nan"), None), (-1, None),
+     (2**31, None), (None, None)],
+)  # fmt: skip
+def test_token_counts_become_ints_the_columns_accept(value, count):
+    assert _token_count(value) == count

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import os
 import time
 from collections.abc import AsyncIterator
@@ -71,9 +72,9 @@ class Exchange:
         """The row pair for the writer (plain dict: it may be spooled as JSON)."""
         prompt = completion = total = cost = None
         if isinstance(usage, dict):
-            prompt = usage.get("prompt_tokens")
-            completion = usage.get("completion_tokens")
-            total = usage.get("total_tokens")
+            prompt = _token_count(usage.get("prompt_tokens"))
+            completion = _token_count(usage.get("completion_tokens"))
+            total = _token_count(usage.get("total_tokens"))
             if total is None and prompt is not None and completion is not None:
                 total = prompt + completion
         if self.deployment is not None and (prompt or completion):
@@ -110,6 +111,21 @@ class Exchange:
             "X-DB-Overhead": f"{overhead_s * 1000:.2f}ms",
             "X-Total-Latency": f"{latency_s * 1000:.2f}ms",
         }
+
+
+def _token_count(value: Any) -> int | None:
+    """An upstream's token count as an int the INTEGER columns accept (11.0 -> 11);
+    anything else (strings, NaN, out of range) is not a count and logs as NULL."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        value = int(value)
+    return value if 0 <= value <= _INT4_MAX else None
+
+
+_INT4_MAX = 2**31 - 1
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
