@@ -1,10 +1,11 @@
 """Print "current" when the database is at the installed code's Alembic head(s), else "behind".
 
-Read-only probe run by the gateway role (with the venv's interpreter and DATABASE_URL in the
-environment) to decide whether `llm-gateway migrate` has work to do.
+Read-only probe run by the gateway role with the venv's interpreter to decide whether
+`llm-gateway migrate` has work to do. The database URL (the owner's) comes on stdin, so it
+appears in no command line or environment.
 """
 
-import os
+import sys
 
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -17,7 +18,7 @@ config = Config()
 config.set_main_option("script_location", "llm_gateway:migrations")
 heads = set(ScriptDirectory.from_config(config).get_heads())
 engine = create_engine(
-    normalize_url(os.environ["DATABASE_URL"]),
+    normalize_url(sys.stdin.readline().strip()),
     poolclass=pool.NullPool,
     connect_args={"application_name": "llm-gateway-migrate"},
 )
