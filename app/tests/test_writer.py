@@ -1,5 +1,6 @@
 """The exchange writer: batching, outages (spool + replay exactly once), shutdown, sync mode."""
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -90,6 +91,9 @@ def test_service_starts_without_database_and_catches_up(start_gateway, restore_c
     pg_cluster.stop()
     gw = start_gateway(pg_cluster.url(database))
     wait_until(lambda: "db_unavailable" in gw.stderr())
+    # The operator is told why, in the driver's words, not just an exception class.
+    line = next(ln for ln in gw.stderr().splitlines() if ln.startswith("db_unavailable"))
+    assert "connection" in json.loads(line.split(" ", 1)[1])["reason"].lower()
     ids = chat_many(gw, 5)
     assert gw.call("GET", "/api/health").status == 503
 

@@ -35,6 +35,14 @@ def emit_event(event: str, **fields) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def _driver_reason(exc: BaseException, password: str | None) -> str:
+    """The driver's own first line (e.g. "password authentication failed for user ..."),
+    which tells an operator what to fix; never the password, should a driver echo it."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    reason = lines[0][:300] if lines else ""
+    return reason.replace(password, "********") if password else reason
+
+
 async def _announce_database(gateway: Gateway, retry_s: float) -> None:
     """Log ``db_connected`` once the database answers; until then ``db_unavailable`` once.
 
@@ -56,6 +64,7 @@ async def _announce_database(gateway: Gateway, retry_s: float) -> None:
                 emit_event(
                     "db_unavailable",
                     error=exc.__class__.__name__,
+                    reason=_driver_reason(exc, gateway.engine.url.password),
                     host=gateway.engine.url.host,
                     retry_s=retry_s,
                 )
