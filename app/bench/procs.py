@@ -8,23 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-POSTGRES_ROOT = Path("/usr/lib/postgresql")
+# The tests start PostgreSQL the same way; the cluster helper lives beside them.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from throwaway_postgres import PostgresCluster
+
 STOP_TIMEOUT_S = 40  # gunicorn's graceful timeout (30 s) plus margin for the writer drain
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def venv_command(script: str, module: str) -> list[str]:
@@ -94,35 +89,21 @@ def http_ok(url: str) -> bool:
         return False
 
 
-def newest_postgres_bin() -> Path:
-    versions = [p for p in POSTGRES_ROOT.glob("*/bin") if (p / "initdb").exists()]
-    if not versions:
-        raise RuntimeError(f"no PostgreSQL server binaries under {POSTGRES_ROOT}")
-    return max(versions, key=lambda p: int(p.parent.name))
-
-
 def start_postgres(stack: contextlib.ExitStack, work: Path) -> str:
-    """initdb + start as the `postgres` user (the server refuses root); returns a SQLAlchemy URL.
+    """A throwaway cluster (run as `postgres` when we are root); returns a SQLAlchemy URL.
 
     Server settings stay at their defaults (fsync and synchronous_commit on), so sync mode
     pays the commit cost a real deployment pays."""
-    bindir = newest_postgres_bin()
-    data = work / "pgdata"
-    data.mkdir()
-    shutil.chown(data, "postgres", "postgres")
-    as_postgres = ["runuser", "-u", "postgres", "--"]
-    run = {"check": True, "stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE}
-    subprocess.run(
-        [*as_postgres, bindir / "initdb", "-D", data, "-U", "postgres", "-A", "trust", "--no-sync"],
-        **run,
-    )
-    port = free_port()
-    options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1"
-    pg_ctl = [*as_postgres, bindir / "pg_ctl", "-D", data, "-w"]
-    subprocess.run([*pg_ctl, "-l", data / "server.log", "-o", options, "start"], **run)
-    stack.callback(
-        subprocess.run, [*pg_ctl, "-m", "fast", "stop"], stdout=subprocess.DEVNULL, check=False
-    )
-    psql = [bindir / "psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-qAt"]
-    subprocess.run([*psql, "-c", "CREATE DATABASE bench"], **run)
-    return f"postgresql+psycopg2://postgres@127.0.0.1:{port}/bench"
+    base = work / "pg"
+    base.mkdir()
+    cluster = PostgresCluster.create(base)
+    cluster.init()
+    cluster.start()
+
+    def stop_quietly() -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            cluster.stop()
+
+    stack.callback(stop_quietly)
+    cluster.execute("CREATE DATABASE bench")
+    return cluster.url("bench")

@@ -33,12 +33,12 @@ from load import Run, Target, percentile, run_wrk
 from procs import (
     Processes,
     child_pids,
-    free_port,
     http_ok,
     start_postgres,
     venv_command,
     wait_until,
 )
+from throwaway_postgres import free_port  # importable once procs has set sys.path
 
 UPSTREAM_MODEL = "fake-model"
 GATEWAY_MODEL = "bench-model"
