@@ -143,7 +143,7 @@ class Bench:
             "GATEWAY_MASTER_KEY": self.master_key,
         }
         cmd = [*venv_command("gunicorn", "gunicorn"), "--bind", f"127.0.0.1:{port}",
-               "--workers", str(WORKERS), "--worker-class", "uvicorn_worker.UvicornWorker",
+               "--workers", str(WORKERS), "--worker-class", "llm_gateway.serving.GatewayWorker",
                "--graceful-timeout", "30", self.args.app]  # fmt: skip
         log_name = f"gateway-{mode}"
         gateway = self.procs.start(log_name, cmd, env)

@@ -205,6 +205,8 @@ def gateway_config(upstreams: Upstreams, **general) -> dict:
             entry("upstream-429", "fake-error-429", upstreams.fast.api_base),
             entry("upstream-500", "fake-error-500", upstreams.fast.api_base),
             entry("slow", "fake-model", upstreams.slow.api_base, timeout=0.5),
+            entry("slow-ok", "fake-model", upstreams.slow.api_base),
+            entry("nested", "fake-nested-300", upstreams.fast.api_base),
             entry("dripping", "fake-model", upstreams.dripping.api_base),
             entry("refused", "fake-model", f"http://127.0.0.1:{free_port()}/v1"),
         ],
@@ -244,9 +246,14 @@ class GatewayProcess:
 
 
 def launch_gateway(
-    workdir: Path, upstreams: Upstreams, database_url: str | None, **general
+    workdir: Path,
+    upstreams: Upstreams,
+    database_url: str | None,
+    extra_env: dict[str, str] | None = None,
+    **general,
 ) -> GatewayProcess:
-    """Start a gateway as a real uvicorn process (real lifespan, real stderr)."""
+    """Start a gateway with ``llm-gateway serve`` (uvicorn with the gateway's HTTP limits,
+    real lifespan, real stderr). ``extra_env`` sets e.g. GATEWAY_HTTP_* limits."""
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(gateway_config(upstreams, **general)))
     port = free_port()
@@ -256,6 +263,7 @@ def launch_gateway(
         "GATEWAY_SPOOL_DIR": str(workdir / "spool"),
         "GATEWAY_MASTER_KEY": MASTER_KEY,
         PROVIDER_KEY_ENV: "sk-provider-secret",
+        **(extra_env or {}),
     }
     env.pop("DATABASE_URL", None)
     if database_url:
@@ -266,14 +274,12 @@ def launch_gateway(
             [
                 sys.executable,
                 "-m",
-                "uvicorn",
-                "--factory",
-                "llm_gateway.main:create_app",
+                "llm_gateway.cli",
+                "serve",
                 "--host",
                 "127.0.0.1",
                 "--port",
                 str(port),
-                "--no-access-log",
             ],
             env=env,
             stdout=subprocess.DEVNULL,
@@ -295,13 +301,26 @@ def new_database(cluster: PostgresCluster, template: str) -> str:
 
 
 @pytest.fixture
+def restore_cluster(pg_cluster):
+    """Tests that stop PostgreSQL always leave it running."""
+    yield pg_cluster
+    if not pg_cluster.running():
+        pg_cluster.start()
+
+
+@pytest.fixture
 def start_gateway(tmp_path_factory, upstreams):
     """Factory for tests that need their own gateway (settings, database state, signals)."""
     started: list[GatewayProcess] = []
 
-    def start(database_url: str | None, workdir: Path | None = None, **general) -> GatewayProcess:
+    def start(
+        database_url: str | None,
+        workdir: Path | None = None,
+        extra_env: dict[str, str] | None = None,
+        **general,
+    ) -> GatewayProcess:
         workdir = workdir or tmp_path_factory.mktemp("gateway")
-        gateway = launch_gateway(workdir, upstreams, database_url, **general)
+        gateway = launch_gateway(workdir, upstreams, database_url, extra_env, **general)
         started.append(gateway)
         return gateway
 

@@ -56,3 +56,27 @@ def wait_until(check: Callable[[], Any], timeout: float = 15.0, interval: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s (last: {result!r})")
         time.sleep(interval)
+
+
+def exchange_record(request_id: str, **changes) -> dict:
+    """An exchange as the request path hands it to the writer (and the spool keeps it)."""
+    return {
+        "request_id": request_id,
+        "route": "/v1/chat/completions",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "headers": {},
+        "body": CHAT_BODY,
+        "model": "gpt-test",
+        "status_code": 200,
+        "key_alias": "master",
+        "user": None,
+        "started_at": 1_700_000_000.0,
+        "response_body": {"ok": True},
+        "latency_ms": 1.234,
+        "prompt_tokens": 1,
+        "completion_tokens": 2,
+        "tokens_used": 3,
+        "cost": 0.000005,
+        **changes,
+    }

@@ -44,7 +44,7 @@ def test_gunicorn_with_uvicorn_workers(tmp_path, pg_cluster, database, upstreams
                 "--workers",
                 "2",
                 "--worker-class",
-                "uvicorn_worker.UvicornWorker",
+                "llm_gateway.serving.GatewayWorker",
                 "--graceful-timeout",
                 "30",
                 "llm_gateway.main:create_app()",

@@ -1,5 +1,6 @@
 """The exchange writer: batching, outages (spool + replay exactly once), shutdown, sync mode."""
 
+import asyncio
 import json
 from concurrent.futures import ThreadPoolExecutor
 
@@ -9,10 +10,16 @@ from sqlalchemy import create_engine
 from llm_gateway.config import WriterSettings
 from llm_gateway.proxy import _token_count
 from llm_gateway.spool import Spool
-from llm_gateway.writer import ExchangeWriter, insert_exchanges, insert_one_exchange
+from llm_gateway.writer import (
+    STALL_AFTER_S,
+    ExchangeWriter,
+    encode,
+    insert_exchanges,
+    insert_one_exchange,
+)
 
 from conftest import all_stored_once, query
-from helpers import CHAT_BODY, wait_until
+from helpers import CHAT_BODY, exchange_record, wait_until
 
 
 def chat_many(gateway, count: int, concurrency: int = 8, stream_every: int = 0) -> list[str]:
@@ -26,14 +33,6 @@ def chat_many(gateway, count: int, concurrency: int = 8, stream_every: int = 0) 
 
     with ThreadPoolExecutor(concurrency) as pool:
         return list(pool.map(one, range(count)))
-
-
-@pytest.fixture
-def restore_cluster(pg_cluster):
-    """Tests that stop PostgreSQL always leave it running."""
-    yield pg_cluster
-    if not pg_cluster.running():
-        pg_cluster.start()
 
 
 def test_writer_commits_in_batches(start_gateway, pg_cluster, database):
@@ -184,30 +183,13 @@ def test_sync_mode_spools_when_the_database_is_down(start_gateway, restore_clust
     wait_until(lambda: all_stored_once(pg_cluster, database, ids))
 
 
-def exchange(request_id: str) -> dict:
-    return {
-        "request_id": request_id,
-        "route": "/v1/chat/completions",
-        "method": "POST",
-        "url": "http://gw/v1/chat/completions",
-        "headers": {},
-        "body": CHAT_BODY,
-        "model": "gpt-test",
-        "status_code": 200,
-        "key_alias": "master",
-        "user": None,
-        "started_at": 1_700_000_000.0,
-        "response_body": {"ok": True},
-        "latency_ms": 1.234,
-        "prompt_tokens": 1,
-        "completion_tokens": 2,
-        "tokens_used": 3,
-        "cost": 0.000005,
-    }
+def spooled(*request_ids: str) -> list[bytes]:
+    return [encode(exchange_record(request_id)) for request_id in request_ids]
 
 
-def test_replay_is_idempotent_and_skips_torn_lines(tmp_path, pg_cluster, database):
+def test_replay_is_idempotent_and_hands_over_torn_lines(tmp_path, pg_cluster, database):
     engine = create_engine(pg_cluster.url(database))
+    unreadable = []
 
     def write(batch):
         with engine.begin() as conn:
@@ -216,13 +198,13 @@ def test_replay_is_idempotent_and_skips_torn_lines(tmp_path, pg_cluster, databas
     try:
         spool = Spool(tmp_path)
         spool.open()
-        spool.append([exchange(f"req_{i}") for i in range(5)])
+        spool.append(spooled(*(f"req_{i}" for i in range(5))))
         # A crash after committing but before the file was removed: same lines again.
-        spool.append([exchange(f"req_{i}") for i in range(3)])
+        spool.append(spooled(*(f"req_{i}" for i in range(3))))
         with spool.active.open("ab") as handle:
             handle.write(b'{"request_id": "req_torn", "rou')  # crash mid-append
-        assert spool.replay(write, chunk=2) == 8
-        assert spool.corrupt_lines == 1
+        assert spool.replay(write, lambda raw, why: unreadable.append(raw), chunk=2) == 8
+        assert unreadable == [b'{"request_id": "req_torn", "rou']
         assert not spool.has_backlog()
     finally:
         engine.dispose()
@@ -233,12 +215,12 @@ def test_replay_is_idempotent_and_skips_torn_lines(tmp_path, pg_cluster, databas
 def test_spool_of_a_dead_worker_is_adopted(tmp_path):
     orphan = Spool(tmp_path, pid=2**22 + 12345)  # above pid_max: never a live process
     orphan.open()
-    orphan.append([exchange("req_orphan")])
+    orphan.append(spooled("req_orphan"))
     adopter = Spool(tmp_path)
     adopter.open()
     assert adopter.backlog == 1
     seen = []
-    adopter.replay(lambda batch: seen.extend(e["request_id"] for e in batch))
+    adopter.replay(lambda batch: seen.extend(e["request_id"] for e in batch), pytest.fail)
     assert seen == ["req_orphan"]
     assert not list(tmp_path.glob("*.jsonl"))
 
@@ -247,8 +229,8 @@ def test_single_exchange_insert_is_idempotent(pg_cluster, database):
     engine = create_engine(pg_cluster.url(database), isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
-            insert_one_exchange(conn, exchange("req_once"))
-            insert_one_exchange(conn, exchange("req_once"))
+            insert_one_exchange(conn, exchange_record("req_once"))
+            insert_one_exchange(conn, exchange_record("req_once"))
     finally:
         engine.dispose()
     rows = query(
@@ -264,11 +246,11 @@ def test_batch_with_repeated_request_ids_is_stored_exactly_once(pg_cluster, data
     engine = create_engine(pg_cluster.url(database))
     try:
         with engine.begin() as conn:
-            first = insert_exchanges(conn, [exchange("req_a"), exchange("req_b")])
+            first = insert_exchanges(conn, [exchange_record("req_a"), exchange_record("req_b")])
         with engine.begin() as conn:
             # A replay after a crash: old lines again, one of them twice in the same chunk.
             second = insert_exchanges(
-                conn, [exchange("req_a"), exchange("req_c"), exchange("req_c")]
+                conn, [exchange_record("req_a"), exchange_record("req_c"), exchange_record("req_c")]
             )
     finally:
         engine.dispose()
@@ -297,12 +279,13 @@ def test_writer_replaces_its_kept_connection_after_a_server_restart(
     spool.open()
     writer = ExchangeWriter(engine, spool, WriterSettings())
     try:
-        assert writer._commit([exchange("req_before")], "live")
+        writer._write_batch([exchange_record("req_before")])
         pg_cluster.stop()
         pg_cluster.start()
         # The kept connection is dead; one fresh connection must do, not an outage.
-        assert writer._commit([exchange("req_after")], "live")
-        assert writer.stats["failures"] == 0
+        writer._write_batch([exchange_record("req_after")])
+        assert writer.stats["exchanges_written"] == 2
+        assert writer.stats["failures"] == writer.stats["spooled"] == 0
         writer._close_conn()
     finally:
         engine.dispose()
@@ -316,3 +299,54 @@ def test_writer_replaces_its_kept_connection_after_a_server_restart(
 )  # fmt: skip
 def test_token_counts_become_ints_the_columns_accept(value, count):
     assert _token_count(value) == count
+
+
+def test_a_failing_writer_task_is_restarted_and_keeps_its_batch(
+    tmp_path, pg_cluster, database, capfd
+):
+    """No record can make the writer fail any more, so the supervisor is proved with an
+    injected fault: the first batch's write raises as a bug would."""
+    engine = create_engine(pg_cluster.url(database))
+    spool = Spool(tmp_path)
+    spool.open()
+    writer = ExchangeWriter(engine, spool, WriterSettings(flush_interval_ms=1))
+    write_batch = writer._write_batch
+    calls = []
+
+    def fails_once(batch, path="live"):
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise RuntimeError("injected fault")
+        write_batch(batch, path)
+
+    writer._write_batch = fails_once
+
+    async def scenario():
+        writer.start()
+        writer.submit(exchange_record("req_in_crash"))
+        while writer.stats["restarts"] == 0:
+            await asyncio.sleep(0.01)
+        assert writer.running
+        writer.submit(exchange_record("req_after_crash"))
+        await writer.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        engine.dispose()
+    assert all_stored_once(pg_cluster, database, ["req_in_crash", "req_after_crash"])
+    assert "writer_restarted" in capfd.readouterr().err
+    assert writer.stats["lost"] == 0
+
+
+def test_a_writer_that_stops_draining_is_reported_stalled(tmp_path):
+    spool = Spool(tmp_path)
+    spool.open()
+    writer = ExchangeWriter(None, spool, WriterSettings())
+    writer.submit(exchange_record("req_waiting"))  # never started: nothing drains the queue
+    assert not writer.running
+    assert not writer.stalled  # not for long enough yet
+    writer._last_progress -= STALL_AFTER_S + 1
+    assert writer.stalled
+    snapshot = writer.snapshot()
+    assert (snapshot["running"], snapshot["stalled"], snapshot["queue_depth"]) == (False, True, 1)

@@ -85,7 +85,9 @@ async def list_models(request: Request) -> dict:
     dependencies=[Depends(_optional_key("health_requires_auth"))],
 )
 async def health(request: Request) -> JSONResponse:
-    """Runs a real query through the pool: a health check that skips the DB proves nothing."""
+    """Readiness: runs a real query through the pool (a health check that skips the DB
+    proves nothing) and checks that this worker's writer runs and drains. 503 names
+    every problem; exchanges quarantined or lost since start make it "degraded"."""
     gateway = _gateway(request)
     database: dict[str, Any] = {"ok": False}
     if gateway.engine is None:
@@ -102,18 +104,38 @@ async def health(request: Request) -> JSONResponse:
         except (SQLAlchemyError, TimeoutError) as exc:
             database["error"] = exc.__class__.__name__
     writer = gateway.writer
+    stats = writer.stats
+    problems = []
+    if not database["ok"]:
+        problems.append("database unreachable")
+    if not writer.running:
+        problems.append("writer not running")
+    if writer.stalled:
+        problems.append("writer not draining")
+    # Past events stay visible (the counters), but do not take a serving gateway out.
+    notices = [
+        f"{stats[name]} exchanges {name} since start"
+        for name in ("quarantined", "lost")
+        if stats[name]
+    ]
     body = {
-        "status": "healthy" if database["ok"] else "unhealthy",
+        "status": "unhealthy" if problems else ("degraded" if notices else "healthy"),
+        "problems": problems + notices,
         "database": database,
         "pool": _pool_state(gateway),
         "writer": {
+            "running": writer.running,
+            "stalled": writer.stalled,
             "queue_depth": writer.queue.qsize(),
             "spool_backlog": writer.spool.backlog,
             "db_ok": writer.db_ok,
+            "quarantined": stats["quarantined"],
+            "lost": stats["lost"],
+            "restarts": stats["restarts"],
         },
         "log_mode": gateway.config.log_mode,
     }
-    return JSONResponse(body, status_code=200 if database["ok"] else 503)
+    return JSONResponse(body, status_code=503 if problems else 200)
 
 
 def _query(gateway: Gateway, run):

@@ -1,49 +1,57 @@
 """Bearer-key authentication. Keys are compared by SHA-256 so raw keys are never stored in
 the lookup table; rows record the key's alias, never the key."""
 
-from collections.abc import Iterable
-
 from llm_gateway.config import hash_key
 
-REDACTED = "[REDACTED]"
-SENSITIVE_HEADERS = frozenset(
-    {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key"}
-)
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of ``Bearer <token>`` (scheme case-insensitive, surrounding space
+    ignored), or None."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token
 
 
 def key_alias(authorization: str | None, aliases: dict[str, str]) -> str | None:
     """Alias of the presented key, or None when missing/unknown."""
-    if not authorization:
-        return None
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        return None
-    return aliases.get(hash_key(token.strip()))
+    token = bearer_token(authorization)
+    return aliases.get(hash_key(token)) if token is not None else None
 
 
 class KeyCache:
-    """Remembers the alias of valid Authorization headers, sparing a SHA-256 per request.
-    Only valid keys are cached (they are few), so random keys cannot grow it."""
+    """Remembers the alias of valid keys, sparing a SHA-256 per request.
 
-    def __init__(self, aliases: dict[str, str], max_entries: int = 1024):
+    Keyed on the normalized token, so padded or re-cased variants of one key share an
+    entry; only valid keys are cached, and the cache is bounded in entries and bytes, so
+    no sequence of requests can grow it past that.
+    """
+
+    def __init__(self, aliases: dict[str, str], max_entries: int = 1024, max_bytes: int = 1 << 20):
         self.aliases = aliases
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.cached_bytes = 0
         self._known: dict[str, str] = {}
 
     def alias(self, authorization: str | None) -> str | None:
-        if authorization is None:
+        token = bearer_token(authorization)
+        if token is None:
             return None
-        alias = self._known.get(authorization)
+        alias = self._known.get(token)
         if alias is None:
-            alias = key_alias(authorization, self.aliases)
-            if alias is not None and len(self._known) < self.max_entries:
-                self._known[authorization] = alias
+            alias = self.aliases.get(hash_key(token))
+            fits = (
+                len(self._known) < self.max_entries
+                and self.cached_bytes + len(token) <= self.max_bytes
+            )
+            if alias is not None and fits:
+                self._known[token] = alias
+                self.cached_bytes += len(token)
         return alias
 
-
-def redacted_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
-    headers = {}
-    for name, value in raw:
-        key = name.decode("latin-1").lower()
-        headers[key] = REDACTED if key in SENSITIVE_HEADERS else value.decode("latin-1")
-    return headers
+    def __len__(self) -> int:
+        return len(self._known)

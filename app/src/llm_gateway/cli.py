@@ -12,7 +12,10 @@ from llm_gateway.settings import EnvSettings
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    # Development server; production runs gunicorn with uvicorn workers (see README).
+    from llm_gateway.serving import uvicorn_options
+
+    # One process (or uvicorn's own workers); production runs gunicorn with
+    # llm_gateway.serving.GatewayWorker. Both serve with the same HTTP limits.
     uvicorn.run(
         "llm_gateway.main:create_app",
         factory=True,
@@ -21,6 +24,7 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         log_level=args.log_level,
         access_log=False,
+        **uvicorn_options(),
     )
     return 0
 

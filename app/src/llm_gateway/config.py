@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import SecretStr
 
+from llm_gateway.loggable import MAX_LOGGABLE_DEPTH
 from llm_gateway.settings import EnvSettings
 
 ENV_REF_PREFIX = "os.environ/"
@@ -77,6 +78,10 @@ class GatewayConfig:
     health_requires_auth: bool = False
     metrics_requires_auth: bool = False
     max_request_body_bytes: int = 1024 * 1024
+    # Deepest nesting of a request body (containers, the body itself counting as one).
+    # Far above what clients send (a chat body nests 3-5 levels, tool schemas a few more)
+    # and within what the log can store (loggable.MAX_LOGGABLE_DEPTH).
+    max_request_json_depth: int = 128
 
 
 def hash_key(key: str) -> str:
@@ -227,6 +232,16 @@ def build_config(raw: Any, env: EnvSettings) -> GatewayConfig:
     limit = general.get("max_request_body_bytes", 1024 * 1024)
     if not isinstance(limit, int) or limit <= 0:
         problems.append("general_settings.max_request_body_bytes: must be a positive integer")
+    depth = general.get("max_request_json_depth", GatewayConfig.max_request_json_depth)
+    if (
+        isinstance(depth, bool)
+        or not isinstance(depth, int)
+        or not 1 <= depth <= MAX_LOGGABLE_DEPTH
+    ):
+        problems.append(
+            "general_settings.max_request_json_depth: must be an integer from 1 to "
+            f"{MAX_LOGGABLE_DEPTH} (the deepest body the log can store)"
+        )
     if problems:
         raise ConfigError(problems)
     return GatewayConfig(
@@ -238,6 +253,7 @@ def build_config(raw: Any, env: EnvSettings) -> GatewayConfig:
         health_requires_auth=bool(general.get("health_requires_auth", False)),
         metrics_requires_auth=bool(general.get("metrics_requires_auth", False)),
         max_request_body_bytes=limit,
+        max_request_json_depth=depth,
     )
 
 

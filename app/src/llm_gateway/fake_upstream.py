@@ -25,6 +25,8 @@ Options (each also read from the environment, so a systemd unit can set it)
 
 Per-request controls, for tests
     model "fake-error-<status>"   answer with that status (e.g. fake-error-503)
+    model "fake-nested-<depth>"   add a field "nested" that many arrays deep to a plain
+                                  answer (a misbehaving provider; at most 1000)
     header X-Fake-Status: <code>  the same, for any model
     header X-Fake-Delay-Ms: <ms>  replaces latency and jitter (e.g. to force a timeout)
 
@@ -48,6 +50,9 @@ import orjson
 from aiohttp import web
 
 ERROR_MODEL_PREFIX = "fake-error-"
+NESTED_MODEL_PREFIX = "fake-nested-"
+# orjson writes at most 254 levels; the nested field is built as JSON text instead.
+MAX_NESTED_DEPTH = 1000
 INJECTED_STATUSES = (500, 429, 503)
 # Enough deltas to exercise a client's chunk handling, few enough to stay fast.
 WORDS_PER_DELTA = 3
@@ -242,7 +247,16 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         ],
         "usage": usage,
     }
+    if model.startswith(NESTED_MODEL_PREFIX):
+        return nested_answer(body, model.removeprefix(NESTED_MODEL_PREFIX))
     return json_response(body)
+
+
+def nested_answer(body: dict, depth_text: str) -> web.Response:
+    depth = min(int(depth_text), MAX_NESTED_DEPTH) if depth_text.isdigit() else 1
+    nested = b"[" * depth + b"]" * depth
+    raw = orjson.dumps(body)[:-1] + b',"nested":' + nested + b"}"
+    return web.Response(body=raw, content_type="application/json")
 
 
 async def stream_completion(

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import aiohttp
-import orjson
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -21,18 +18,13 @@ from llm_gateway import __version__, api, metrics, proxy
 from llm_gateway.config import GatewayConfig, load_config
 from llm_gateway.db import connection_facts, make_engine
 from llm_gateway.errors import error_response
+from llm_gateway.events import emit_event
 from llm_gateway.gateway import Gateway
 from llm_gateway.settings import EnvSettings
 from llm_gateway.spool import Spool
 from llm_gateway.writer import ExchangeWriter
 
 log = logging.getLogger("llm_gateway")
-
-
-def emit_event(event: str, **fields) -> None:
-    """One greppable line on stderr: ``<event> {json}`` (the deployment cuts evidence from it)."""
-    line = event + " " + orjson.dumps({"event": event, "pid": os.getpid(), **fields}).decode()
-    print(line, file=sys.stderr, flush=True)
 
 
 def _driver_reason(exc: BaseException, password: str | None) -> str:
@@ -90,7 +82,7 @@ def create_app(config: GatewayConfig | None = None, env: EnvSettings | None = No
         writer = ExchangeWriter(engine, spool, config.writer)
         writer.start()
         # One pooled client session per worker; aiohttp rather than httpx because its
-        # client costs ~3-4x less CPU per request here (shared/PERF_ANCHORS.md).
+        # client costs ~3-4x less CPU per request here (app/README.md, "How logging stays off").
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
             auto_decompress=False,

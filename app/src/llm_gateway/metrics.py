@@ -45,6 +45,28 @@ SPOOL_BACKLOG = Gauge(
 WRITER_EXCHANGES = Counter("llm_gateway_writer_exchanges_total", "Exchanges committed", ["path"])
 WRITER_FAILURES = Counter("llm_gateway_writer_failures_total", "Failed batch commits")
 SPOOLED = Counter("llm_gateway_spooled_total", "Exchanges written to the spool")
+WRITER_QUARANTINED = Counter(
+    "llm_gateway_writer_quarantined_total",
+    "Exchanges logged in reduced form or not at all, their original kept as a dead letter",
+)
+EXCHANGES_LOST = Counter(
+    "llm_gateway_exchanges_lost_total",
+    "Exchanges answered that will never reach the database",
+)
+WRITER_RESTARTS = Counter(
+    "llm_gateway_writer_restarts_total", "Times a writer task failed and was started again"
+)
+# livemin/livemax: one dead or stalled writer among the workers shows in the aggregate.
+WRITER_UP = Gauge(
+    "llm_gateway_writer_up",
+    "1 while every live worker's writer task runs",
+    multiprocess_mode="livemin",
+)
+WRITER_STALLED = Gauge(
+    "llm_gateway_writer_stalled",
+    "1 while some worker has exchanges waiting and no write finishing (writer.STALL_AFTER_S)",
+    multiprocess_mode="livemax",
+)
 BATCH_COMMIT = Histogram(
     "llm_gateway_writer_batch_commit_seconds",
     "Batch commit latency",

@@ -8,6 +8,8 @@ Appends are fsync'd per batch, so an acknowledged spool write survives a crash. 
 seals the active file first (rename is atomic), so appends never race with a replay.
 Files of workers that no longer run are adopted at startup; the rename decides which
 worker wins when several look at the same orphan.
+  ``rejected-<pid>.jsonl``        dead letters: what could not be logged as it was, with
+                                  the reason (never replayed; for an operator to inspect)
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +51,11 @@ class Spool:
         self.active = self.directory / f"active-{self.pid}.jsonl"
         self._lock = threading.Lock()
         self._seq = 0
+        self.dead_letters = self.directory / f"rejected-{self.pid}.jsonl"
+        # (file, line number) of unreadable lines already handed over, so a replay that
+        # an outage interrupts does not hand them over again when it resumes.
+        self._handed_over: set[tuple[str, int]] = set()
         self.backlog = 0  # exchanges on disk, not yet replayed
-        self.corrupt_lines = 0
 
     def open(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -85,11 +90,12 @@ class Spool:
     def _pending_files(self) -> list[Path]:
         return sorted(self.directory.glob(f"pending-{self.pid}-*.jsonl"))
 
-    def append(self, exchanges: Iterable[dict[str, Any]]) -> int:
-        payload = b"".join(orjson.dumps(item) + b"\n" for item in exchanges)
-        count = payload.count(b"\n")
+    def append(self, lines: Sequence[bytes]) -> int:
+        """Append already-serialized exchanges (one JSON document each, no newline)."""
+        count = len(lines)
         if not count:
             return 0
+        payload = b"\n".join(lines) + b"\n"
         with self._lock:
             fd = os.open(self.active, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             try:
@@ -100,11 +106,28 @@ class Spool:
             self.backlog += count
         return count
 
-    def replay(self, write: Callable[[list[dict[str, Any]]], None], chunk: int = 1000) -> int:
-        """Feed every spooled exchange to ``write`` in order; stop at the first failure.
+    def add_dead_letter(self, entry: bytes) -> None:
+        """Append one dead letter (fsync'd: it is the only copy). Raises OSError."""
+        with self._lock:
+            fd = os.open(self.dead_letters, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                os.write(fd, entry + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def replay(
+        self,
+        write: Callable[[list[dict[str, Any]]], None],
+        unreadable: Callable[[bytes, str], None],
+        chunk: int = 1000,
+    ) -> int:
+        """Feed every spooled exchange to ``write`` in order; stop where ``write`` raises.
 
         ``write`` must be idempotent: a crash after it committed but before the file was
-        removed replays the same exchanges again.
+        removed replays the same exchanges again. A line that is not an exchange (a torn
+        last line from a crash mid-append, or anything else) goes to ``unreadable`` with
+        the reason, once, and never stops the replay.
         """
         with self._lock:
             if self.active.exists():
@@ -116,13 +139,14 @@ class Spool:
             with path.open("rb") as handle:
                 for line in handle:
                     lines += 1
-                    try:
-                        batch.append(orjson.loads(line))
-                    except orjson.JSONDecodeError:
-                        # A torn last line from a crash mid-append: it was never acknowledged.
-                        self.corrupt_lines += 1
-                        log.warning("spool: skipping unreadable line in %s", path.name)
+                    exchange, problem = _parse_line(line)
+                    if exchange is None:
+                        if (path.name, lines) not in self._handed_over:
+                            self._handed_over.add((path.name, lines))
+                            log.warning("spool: unreadable line in %s: %s", path.name, problem)
+                            unreadable(line.rstrip(b"\n"), problem)
                         continue
+                    batch.append(exchange)
                     if len(batch) >= chunk:
                         write(batch)
                         replayed += len(batch)
@@ -137,3 +161,14 @@ class Spool:
 
     def has_backlog(self) -> bool:
         return self.backlog > 0
+
+
+def _parse_line(line: bytes) -> tuple[dict[str, Any] | None, str]:
+    """(exchange, "") or (None, why the line is not one)."""
+    try:
+        exchange = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        return None, f"not JSON ({exc})"
+    if not isinstance(exchange, dict) or not isinstance(exchange.get("request_id"), str):
+        return None, "not an exchange (no request_id)"
+    return exchange, ""

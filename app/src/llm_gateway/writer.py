@@ -4,6 +4,11 @@ One writer per worker process. An asyncio queue (bounded) feeds a task that gath
 batch (by size or after a short timer) and commits it in a dedicated thread, because the
 psycopg2 driver blocks. When the database fails or the queue is full, exchanges go to
 the on-disk spool and are replayed, in order and idempotently, once the database answers.
+
+No single record can stop the writer: each is serialized on its own, and one that cannot
+be serialized or that the database refuses is logged in a reduced form (its row keeps
+status, tokens, cost and caller; payloads are replaced by a marker) with the original in
+the dead-letter file. The writer task is supervised and restarted if it ever ends.
 """
 
 from __future__ import annotations
@@ -25,11 +30,20 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from llm_gateway import metrics
 from llm_gateway.config import WriterSettings
+from llm_gateway.events import emit_event
+from llm_gateway.loggable import reduced_record
 from llm_gateway.spool import Spool
 
 log = logging.getLogger(__name__)
 
 Exchange = dict[str, Any]
+# An exchange serialized for the batch statement or the spool, with its request_id.
+Encoded = tuple[str, bytes]
+
+# Seconds without progress, while exchanges wait, after which the writer counts as stalled.
+STALL_AFTER_S = 10.0
+# Pause before a crashed writer task is started again (a crash loop must not spin).
+RESTART_DELAY_S = 1.0
 
 # One statement per batch: the whole batch travels as one JSON array parameter that
 # PostgreSQL unpacks with jsonb_to_recordset, so the client does no per-row parameter
@@ -65,28 +79,38 @@ FROM data AS d JOIN ins USING (request_id)
 )
 
 
-def _unique(exchanges: Sequence[Exchange]) -> Sequence[Exchange]:
+def encode(exchange: Exchange) -> bytes:
+    """One exchange as JSON. Raises TypeError (orjson.JSONEncodeError) when it cannot be."""
+    return orjson.dumps(exchange, option=orjson.OPT_NON_STR_KEYS)
+
+
+def _unique(encoded: Sequence[Encoded]) -> Sequence[Encoded]:
     """The first of each request_id (a spool replayed after a crash may repeat lines; two
     copies in one statement would give one request two responses)."""
-    if len({ex["request_id"] for ex in exchanges}) == len(exchanges):
-        return exchanges
+    if len({request_id for request_id, _ in encoded}) == len(encoded):
+        return encoded
     seen: set[str] = set()
     unique = []
-    for ex in exchanges:
-        if ex["request_id"] not in seen:
-            seen.add(ex["request_id"])
-            unique.append(ex)
+    for item in encoded:
+        if item[0] not in seen:
+            seen.add(item[0])
+            unique.append(item)
     return unique
 
 
-def insert_exchanges(conn: Connection, exchanges: Sequence[Exchange]) -> int:
-    """Insert request+response rows for ``exchanges`` in one statement (atomic, also in
-    autocommit). Returns how many were new."""
-    if not exchanges:
+def insert_encoded(conn: Connection, encoded: Sequence[Encoded]) -> int:
+    """Insert request+response rows in one statement (atomic, also in autocommit).
+    Records are serialized one by one, so the array adds no nesting to any of them.
+    Returns how many were new."""
+    if not encoded:
         return 0
     # A JSON null (e.g. the body of unparseable input) lands as SQL NULL; reads give None.
-    payload = orjson.dumps(_unique(exchanges), option=orjson.OPT_NON_STR_KEYS).decode()
-    return conn.execute(_INSERT_BATCH, {"batch": payload}).rowcount
+    payload = b"[" + b",".join(line for _, line in _unique(encoded)) + b"]"
+    return conn.execute(_INSERT_BATCH, {"batch": payload.decode()}).rowcount
+
+
+def insert_exchanges(conn: Connection, exchanges: Sequence[Exchange]) -> int:
+    return insert_encoded(conn, [(ex["request_id"], encode(ex)) for ex in exchanges])
 
 
 def insert_one_exchange(conn: Connection, ex: Exchange) -> int:
@@ -120,6 +144,10 @@ class ExchangeWriter:
         # One thread: batches commit in order and never compete with each other.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exchange-writer")
         self._task: asyncio.Task | None = None
+        self._watchdog: asyncio.Task | None = None
+        # The batch taken from the queue and not yet committed or spooled: if the writer
+        # task ever dies, its supervisor spools it.
+        self._in_flight: list[Exchange] = []
         self._stopping = False
         self.db_ok = engine is not None
         # Every write is one statement, so autocommit is atomic and saves BEGIN/COMMIT.
@@ -133,6 +161,8 @@ class ExchangeWriter:
         self._sync_pending: list[tuple[Exchange, asyncio.Future]] = []
         self._sync_busy = False
         self._next_retry = 0.0
+        # When the writer last finished a batch (committed or spooled), for stall checks.
+        self._last_progress = time.monotonic()
         self.stats = {
             "exchanges_written": 0,
             "batches": 0,
@@ -140,8 +170,12 @@ class ExchangeWriter:
             "spooled": 0,
             "replayed": 0,
             "queue_full": 0,
-            "rejected": 0,
+            # logged in the reduced form (payload replaced by a marker), original kept as
+            # a dead letter
+            "quarantined": 0,
+            # answered, and neither in the database nor in the spool: never will be
             "lost": 0,
+            "restarts": 0,
         }
         self._commit_ms: deque[float] = deque(maxlen=2000)
 
@@ -191,41 +225,84 @@ class ExchangeWriter:
 
     def _commit_group(self, exchanges: list[Exchange]) -> None:
         """Writer thread: commit a sync group, or fsync it to the spool. Never raises."""
-        try:
-            if not self._db_usable() or not self._commit(exchanges, "sync"):
-                self._spool(exchanges)
-        except Exception:
-            log.exception("writer: unexpected error; spooling the sync group")
-            self._spool(exchanges)
+        self._write_batch(exchanges, path="sync")
 
     # ---- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="exchange-writer")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._supervise(), name="exchange-writer")
+        self._watchdog = loop.create_task(self._watch(), name="exchange-writer-watchdog")
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    @property
+    def stalled(self) -> bool:
+        """Exchanges wait and nothing was committed or spooled for STALL_AFTER_S."""
+        waiting = not self.queue.empty() or bool(self._in_flight)
+        return waiting and time.monotonic() - self._last_progress > STALL_AFTER_S
 
     async def stop(self, timeout: float = 25.0) -> None:
         """Drain the queue (SIGTERM / lifespan shutdown). What cannot be committed stays
-        in the spool and is replayed by the next process."""
+        in the spool and is replayed by the next process; nothing queued is dropped, also
+        when the writer task failed or the timeout ran out."""
         self._stopping = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self._task is not None:
             try:
                 await asyncio.wait_for(self._task, timeout)
             except TimeoutError:
-                self._task.cancel()
-                remaining = []
-                while not self.queue.empty():
-                    remaining.append(self.queue.get_nowait())
-                self._spool(remaining)
+                log.error("writer: drain did not finish in %.0f s; spooling the rest", timeout)
+            except Exception:
+                log.exception("writer: failed while draining; spooling the rest")
+        remaining = self._in_flight
+        self._in_flight = []
+        while not self.queue.empty():
+            remaining.append(self.queue.get_nowait())
+        loop = asyncio.get_running_loop()
+        if remaining:
+            # Re-spooling a batch the thread may still be committing is harmless: replays
+            # are idempotent on request_id.
+            await loop.run_in_executor(self._executor, self._spool, remaining)
         self._executor.submit(self._close_conn)
         self._executor.shutdown(wait=True)
 
     # ---- writer task ----------------------------------------------------------------
+    async def _supervise(self) -> None:
+        """Run the writer; should it ever end with an error, spool what it held, say so
+        loudly (journal line, metric) and start it again."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await self._run()
+                return
+            except Exception as exc:
+                self.stats["restarts"] += 1
+                metrics.WRITER_RESTARTS.inc()
+                log.exception("writer: task failed; restarting it")
+                held, self._in_flight = self._in_flight, []
+                emit_event(
+                    "writer_restarted",
+                    error=exc.__class__.__name__,
+                    reason=str(exc)[:300],
+                    held=len(held),
+                )
+                if held:
+                    await loop.run_in_executor(self._executor, self._spool, held)
+                if self._stopping:
+                    return
+                await asyncio.sleep(RESTART_DELAY_S)
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         flush_s = self.settings.flush_interval_ms / 1000
         while True:
-            batch = await self._gather(flush_s)
-            if batch:
-                await loop.run_in_executor(self._executor, self._write_batch, batch)
+            self._in_flight = await self._gather(flush_s)
+            if self._in_flight:
+                await loop.run_in_executor(self._executor, self._write_batch, self._in_flight)
+                self._in_flight = []
             elif self.spool.has_backlog():
                 await loop.run_in_executor(self._executor, self._maybe_replay)
             metrics.WRITER_QUEUE.set(self.queue.qsize())
@@ -249,35 +326,55 @@ class ExchangeWriter:
             batch.append(self.queue.get_nowait())
         return batch
 
+    async def _watch(self) -> None:
+        """Keep the liveness gauges current, also when the writer itself cannot."""
+        while True:
+            metrics.WRITER_UP.set(1 if self.running else 0)
+            metrics.WRITER_STALLED.set(1 if self.stalled else 0)
+            metrics.WRITER_QUEUE.set(self.queue.qsize())
+            await asyncio.sleep(1.0)
+
     # ---- writer thread --------------------------------------------------------------
-    def _write_batch(self, batch: list[Exchange]) -> None:
+    def _write_batch(self, batch: list[Exchange], path: str = "live") -> None:
+        """Commit ``batch`` or spool it. Never raises."""
         try:
+            encoded = [self._encode(exchange) for exchange in batch]
             # While anything is spooled, new exchanges queue up behind it to keep the order.
-            if self.spool.has_backlog() or not self._db_usable():
-                self._spool(batch)
+            if path == "live" and self.spool.has_backlog():
+                self._spool_encoded(encoded)
                 self._maybe_replay()
-            elif not self._commit(batch, "live"):
-                self._spool(batch)
+            elif not self._db_usable() or not self._commit(batch, encoded, path):
+                self._spool_encoded(encoded)
         except Exception:
             # A bug must not cost exchanges: keep them on disk (re-inserts are no-ops).
             log.exception("writer: unexpected error; spooling the batch")
             self._spool(batch)
+        self._last_progress = time.monotonic()
 
-    def _commit(self, batch: list[Exchange], path: str) -> bool:
+    def _encode(self, exchange: Exchange) -> Encoded:
+        """The exchange as JSON; one that cannot be serialized is quarantined and its
+        reduced form (which always can be) takes its place."""
+        try:
+            return exchange["request_id"], encode(exchange)
+        except (TypeError, ValueError) as exc:
+            reduced = self._quarantine(exchange, f"cannot be serialized: {exc}")
+            return reduced["request_id"], encode(reduced)
+
+    def _commit(self, batch: list[Exchange], encoded: list[Encoded], path: str) -> bool:
         """Commit ``batch``; False when the database is unreachable (caller spools it)."""
         started = time.perf_counter()
-        written = len(batch)
+        written = len(encoded)
         try:
-            self._execute(batch)
+            self._execute(encoded)
         except (SQLAlchemyError, ValueError, TypeError) as exc:
             if is_outage(exc):
                 self._db_failed(exc)
                 return False
             # Data the database refuses must not block the exchanges around it.
-            rejected = self._commit_one_by_one(batch)
-            if rejected is None:
+            lost = self._commit_one_by_one(batch, encoded)
+            if lost is None:
                 return False
-            written -= rejected
+            written -= lost
         elapsed = time.perf_counter() - started
         self._commit_ms.append(elapsed * 1000)
         metrics.BATCH_COMMIT.observe(elapsed)
@@ -289,39 +386,75 @@ class ExchangeWriter:
         self.db_ok = True
         return True
 
-    def _commit_one_by_one(self, batch: list[Exchange]) -> int | None:
-        """Insert exchanges singly; returns how many were rejected, None on an outage."""
-        rejected = 0
-        for exchange in batch:
+    def _commit_one_by_one(self, batch: list[Exchange], encoded: list[Encoded]) -> int | None:
+        """Insert exchanges singly: as they are, then with U+0000 replaced, then in the
+        reduced form. Returns how many could not be inserted at all (lost), None on an
+        outage (the caller spools the whole batch; re-inserts are no-ops)."""
+        lost = 0
+        for exchange, item in zip(batch, encoded, strict=True):
             error: Exception | None = None
-            for candidate in (exchange, without_nul(exchange)):
+            for candidate in self._fallbacks(exchange, item):
                 try:
-                    self._execute([candidate])
+                    self._execute([candidate()])
                     break
                 except (SQLAlchemyError, ValueError, TypeError) as exc:
                     if is_outage(exc):
                         self._db_failed(exc)
-                        return None  # the whole batch is spooled; re-inserts are no-ops
+                        return None
                     error = exc
             else:
-                self._reject(exchange, error)
-                rejected += 1
-        return rejected
+                log.error("writer: database refused even the reduced form of %s", item[0])
+                self._dead_letter(exchange, f"refused by the database: {error}")
+                self._count_lost(1)
+                lost += 1
+        return lost
 
-    def _reject(self, exchange: Exchange, error: Exception | None) -> None:
-        """Keep what the database refuses even after cleaning, for an operator to inspect."""
-        self.stats["rejected"] += 1
-        log.error(
-            "writer: database refused exchange %s: %s",
-            exchange.get("request_id"),
-            error.__class__.__name__,
-        )
-        path = self.spool.directory / f"rejected-{self.spool.pid}.jsonl"
-        line = orjson.dumps({"error": str(error)[:500], "exchange": exchange}) + b"\n"
-        with path.open("ab") as handle:
-            handle.write(line)
+    def _fallbacks(self, exchange: Exchange, item: Encoded):
+        yield lambda: item
 
-    def _execute(self, exchanges: list[Exchange]) -> None:
+        def cleaned() -> Encoded:
+            return item[0], encode(without_nul(exchange))
+
+        yield cleaned
+
+        def reduced() -> Encoded:
+            error = "refused by the database (payload replaced)"
+            form = self._quarantine(exchange, error)
+            return form["request_id"], encode(form)
+
+        yield reduced
+
+    def _quarantine(self, exchange: Any, reason: str) -> dict[str, Any]:
+        """Keep the original as a dead letter and return its reduced form for the log."""
+        self.stats["quarantined"] += 1
+        metrics.WRITER_QUARANTINED.inc()
+        request_id = exchange.get("request_id") if isinstance(exchange, dict) else None
+        log.error("writer: exchange %s quarantined: %s", request_id, reason)
+        self._dead_letter(exchange, reason)
+        return reduced_record(exchange, reason)
+
+    def _dead_letter(self, exchange: Any, reason: str, raw: bytes | None = None) -> None:
+        """Write what can be kept of ``exchange`` to the dead-letter file, with the reason.
+        Falls back to the reduced form and, failing that, to the raw bytes as text."""
+        entry: dict[str, Any] = {"reason": reason[:1000], "at": time.time()}
+        candidates = []
+        if raw is not None:
+            candidates.append({**entry, "raw": raw.decode("utf-8", "replace")})
+        else:
+            candidates.append({**entry, "exchange": exchange})
+            candidates.append({**entry, "reduced": reduced_record(exchange, reason)})
+        for candidate in candidates:
+            try:
+                line = encode(candidate)
+            except (TypeError, ValueError):
+                continue
+            try:
+                self.spool.add_dead_letter(line)
+            except OSError as exc:
+                log.error("writer: cannot write a dead letter: %s", exc)
+            return
+
+    def _execute(self, encoded: list[Encoded]) -> None:
         """Writer thread: insert over the kept connection. A kept connection that turns out
         dead (e.g. the server restarted while we idled) is replaced once before this
         counts as an outage, since the pool's pre-ping no longer runs per commit."""
@@ -333,7 +466,7 @@ class ExchangeWriter:
             self._conn = self._autocommit.connect()
             self._conn_since = time.monotonic()
         try:
-            insert_exchanges(self._conn, exchanges)
+            insert_encoded(self._conn, encoded)
         except SQLAlchemyError as exc:
             if not is_outage(exc):
                 raise
@@ -342,7 +475,7 @@ class ExchangeWriter:
                 raise
             self._conn = self._autocommit.connect()
             self._conn_since = time.monotonic()
-            insert_exchanges(self._conn, exchanges)
+            insert_encoded(self._conn, encoded)
 
     def _close_conn(self) -> None:
         conn, self._conn = self._conn, None
@@ -362,17 +495,31 @@ class ExchangeWriter:
         self.db_ok = False
         self._next_retry = time.monotonic() + self.settings.retry_interval_s
 
+    def _count_lost(self, count: int) -> None:
+        self.stats["lost"] += count
+        metrics.EXCHANGES_LOST.inc(count)
+
     def _spool(self, batch: list[Exchange]) -> None:
+        self._spool_encoded([self._encode(exchange) for exchange in batch])
+
+    def _spool_encoded(self, encoded: list[Encoded]) -> None:
         try:
-            written = self.spool.append(batch)
+            written = self.spool.append([line for _, line in encoded])
         except OSError as exc:
             # Disk full or unwritable: nothing else can keep these; say so loudly.
-            self.stats["lost"] += len(batch)
-            log.error("writer: cannot spool %d exchanges: %s", len(batch), exc)
+            self._count_lost(len(encoded))
+            log.error("writer: cannot spool %d exchanges: %s", len(encoded), exc)
             return
         self.stats["spooled"] += written
         metrics.SPOOLED.inc(written)
         metrics.SPOOL_BACKLOG.set(self.spool.backlog)
+
+    def _unreadable_line(self, raw: bytes, reason: str) -> None:
+        """A spool line that is no exchange: keep its bytes; its exchange is lost."""
+        self.stats["quarantined"] += 1
+        metrics.WRITER_QUARANTINED.inc()
+        self._count_lost(1)
+        self._dead_letter(None, f"unreadable spool line: {reason}", raw=raw)
 
     def _maybe_replay(self, force: bool = False) -> None:
         if self.engine is None or not self.spool.has_backlog():
@@ -381,12 +528,24 @@ class ExchangeWriter:
             return
 
         def write(chunk: list[Exchange]) -> None:
-            if not self._commit(chunk, "replay"):
+            try:
+                encoded = [self._encode(exchange) for exchange in chunk]
+                committed = self._commit(chunk, encoded, "replay")
+            except Exception as exc:
+                # Retrying would fail the same way forever: keep the chunk as dead letters.
+                log.exception("writer: replay of %d spooled exchanges failed", len(chunk))
+                for exchange in chunk:
+                    self._dead_letter(exchange, f"replay failed: {exc!r}")
+                self.stats["quarantined"] += len(chunk)
+                metrics.WRITER_QUARANTINED.inc(len(chunk))
+                self._count_lost(len(chunk))
+                return
+            if not committed:
                 raise _ReplayStopped
             self.stats["replayed"] += len(chunk)
 
         try:
-            count = self.spool.replay(write)
+            count = self.spool.replay(write, self._unreadable_line)
         except _ReplayStopped:
             count = 0
         except OSError as exc:
@@ -407,6 +566,9 @@ class ExchangeWriter:
 
         return {
             **self.stats,
+            "running": self.running,
+            "stalled": self.stalled,
+            "seconds_since_progress": round(time.monotonic() - self._last_progress, 1),
             "queue_depth": self.queue.qsize(),
             "queue_capacity": self.settings.queue_size,
             "spool_backlog": self.spool.backlog,

@@ -56,6 +56,8 @@ HARDENING = [
     ("User", SERVICE_USER),
     ("Group", SERVICE_USER),
     ("Restart", "on-failure"),
+    # Bounds the sockets an idle-connection flood can take (role default).
+    ("LimitNOFILE", "16384"),
 ]
 
 # The same sandbox seen from the kernel's side, in /proc/<MainPID>/status.
@@ -96,6 +98,44 @@ try:
     print(urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/api/health", timeout=10).status)
 except urllib.error.HTTPError as error:
     print(error.code)
+"""
+
+
+# Hostile requests against the deployed unit, from inside the container: an oversized
+# header, a body nested deeper than the log can hold, and a connection that never sends
+# its head. Prints one JSON object with what came back.
+HOSTILE_CALLS = """
+import json, socket, sys, time
+env_file, port = sys.argv[1], int(sys.argv[2])
+key = next(line.strip().partition("=")[2].strip('"') for line in open(env_file)
+           if line.startswith("GATEWAY_MASTER_KEY="))
+def exchange(head, body=b""):
+    chunks = []
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        try:  # the server may answer and close before it read everything
+            sock.sendall(head + body)
+        except ConnectionError:
+            pass
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except ConnectionError:
+            pass
+    return b"".join(chunks)
+def post(body, extra=b""):
+    return (b"POST /v1/chat/completions HTTP/1.1\\r\\nHost: gw\\r\\nConnection: close\\r\\n"
+            b"Authorization: Bearer " + key.encode() + b"\\r\\n" + extra +
+            b"Content-Type: application/json\\r\\nContent-Length: %d\\r\\n\\r\\n" % len(body))
+chat = b'{"model": "fake-gpt", "messages": [{"role": "user", "content": "hi"}]'
+deep = chat + b', "extra": ' + b"[" * 300 + b"]" * 300 + b"}"
+results = {
+    "big_header": exchange(post(chat + b"}", b"X-Big: " + b"a" * 40000 + b"\\r\\n"), chat + b"}"),
+    "deep_body": exchange(post(deep), deep),
+}
+started = time.monotonic()
+results["idle"] = exchange(b"")
+results["idle_seconds"] = round(time.monotonic() - started, 1)
+print(json.dumps({k: v.decode() if isinstance(v, bytes) else v for k, v in results.items()}))
 """
 
 
@@ -217,6 +257,42 @@ def test_database_sessions_encrypted(chat: dict[str, Any], db_host: Any) -> None
     ).splitlines()
     assert rows, "the gateway has no session on the database"
     assert all(row.startswith("t|TLSv1.") for row in rows), rows
+
+
+@pytest.fixture(scope="module")
+def hostile(host: Any) -> dict[str, Any]:
+    result = host.run("python3 -c %s %s %s", HOSTILE_CALLS, ENV_FILE, str(PORT))
+    assert result.rc == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_oversized_header_refused_with_431(hostile: dict[str, Any]) -> None:
+    head, _, body = hostile["big_header"].partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 431 ")
+    assert json.loads(body)["error"]["code"] == "request_header_fields_too_large"
+
+
+def test_idle_connection_timed_out_with_408(hostile: dict[str, Any]) -> None:
+    assert hostile["idle"].startswith("HTTP/1.1 408 ")
+    assert hostile["idle_seconds"] < 15  # gateway_http_header_timeout: 10
+
+
+def test_too_deep_body_is_a_logged_400_and_logging_goes_on(
+    hostile: dict[str, Any], chat: dict[str, Any], db_host: Any, host: Any
+) -> None:
+    head, _, body = hostile["deep_body"].partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 400 ")
+    assert json.loads(body)["error"]["code"] == "nesting_too_deep"
+    request_id = next(
+        line.split(": ", 1)[1] for line in head.splitlines() if line.startswith("x-request-id")
+    )
+    sql = f"SELECT status_code FROM requests WHERE request_id = '{request_id}'"
+    deadline = time.monotonic() + ROW_WAIT_SECONDS
+    while not (row := psql(db_host, sql)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert row == "400"
+    after = json.loads(host.run("python3 -c %s %s %s", CHAT_CALL, ENV_FILE, str(PORT)).stdout)
+    assert after["status"] == 200
 
 
 def test_env_file_permissions(host: Any) -> None:

@@ -1,0 +1,202 @@
+"""HTTP serving limits: what a client may hold open, for how long, and how big a head.
+
+uvicorn (httptools) has no limit on the size or number of request headers, and no
+timeout for a request that is never finished: an idle socket or a head sent one byte at
+a time stays open for good, and a huge header costs quadratic parsing time. This module
+adds those limits to uvicorn's own httptools protocol, at its documented extension point
+(``Config(http=<protocol class>)``), and a gunicorn worker class that serves with it:
+
+- ``header_timeout_s``: the request head (line and headers) must arrive within this,
+  counted from the connection's start or the first byte of the next request (408);
+- ``body_timeout_s``: the body must arrive within this after the head (408, closed);
+- ``max_head_bytes`` / ``max_header_bytes`` / ``max_header_count``: head size, one
+  header line's size, number of headers (431 with an OpenAI-style JSON body);
+- ``max_connections``: per worker; beyond it uvicorn answers 503 (``limit_concurrency``).
+  Keep it below the unit's ``LimitNOFILE``: each client connection may also hold an
+  upstream connection.
+- ``keepalive_s``: how long an idle kept-alive connection stays open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from functools import lru_cache
+from typing import Any
+
+import orjson
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn_worker import UvicornWorker
+
+from llm_gateway.errors import error_body
+
+
+class ServingSettings(BaseSettings):
+    """Environment ``GATEWAY_HTTP_<NAME>``; bounds reject nonsense at startup."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_HTTP_", extra="ignore")
+
+    header_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    body_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    keepalive_s: int = Field(default=5, ge=1, le=3600)
+    max_head_bytes: int = Field(default=65536, ge=1024, le=1 << 20)
+    max_header_bytes: int = Field(default=16384, ge=256, le=1 << 20)
+    max_header_count: int = Field(default=100, ge=8, le=1000)
+    max_connections: int = Field(default=4096, ge=16, le=1 << 20)
+
+
+@lru_cache(maxsize=1)
+def serving_settings() -> ServingSettings:
+    return ServingSettings()
+
+
+class _HeadRejected(Exception):
+    """Raised from a parser callback to stop parsing; the protocol then answers."""
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with timeouts and head limits."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limits = serving_settings()
+        self._timer: asyncio.TimerHandle | None = None
+        self._reading_head = True
+        self._head_bytes = 0  # received while the head is incomplete
+        self._head_size = 0  # parsed: request target and headers
+        self._header_count = 0
+        self._rejection: tuple[int, str, str] | None = None
+
+    # ---- timers ---------------------------------------------------------------------
+    def _arm(self, seconds: float, callback) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(seconds, callback)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _head_timed_out(self) -> None:
+        self._timer = None
+        limit = self.limits.header_timeout_s
+        self._answer_and_close(408, f"request head not received within {limit:g} s", "timeout")
+
+    def _body_timed_out(self) -> None:
+        self._timer = None
+        if self.cycle is not None and not self.cycle.response_started:
+            limit = self.limits.body_timeout_s
+            message = f"request body not received within {limit:g} s"
+            self._answer_and_close(408, message, "timeout")
+        elif not self.transport.is_closing():
+            self.transport.close()
+
+    # ---- connection and parser callbacks --------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        # A connection that never sends a byte is timed out like a slow head.
+        self._arm(self.limits.header_timeout_s, self._head_timed_out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._reading_head:
+            if self._timer is None:  # first byte of a further request on this connection
+                self._arm(self.limits.header_timeout_s, self._head_timed_out)
+            self._head_bytes += len(data)
+        super().data_received(data)
+        # Checked after parsing, so a head and body arriving in one read are not mistaken
+        # for a big head; a read is at most 256 KiB, so the parser's work stays bounded.
+        if self._reading_head and self._head_bytes > self.limits.max_head_bytes:
+            limit = self.limits.max_head_bytes
+            message = f"request line and headers exceed {limit} bytes"
+            self._answer_and_close(431, message, "request_header_fields_too_large")
+
+    def on_url(self, url: bytes) -> None:
+        self._head_size += len(url)
+        super().on_url(url)
+
+    def _refuse_large_head(self) -> None:
+        """A head read whole in one go is measured here (data_received cannot tell)."""
+        if self._head_size > self.limits.max_head_bytes:
+            limit = self.limits.max_head_bytes
+            message = f"request line and headers exceed {limit} bytes"
+            self._rejection = (431, message, "request_header_fields_too_large")
+            raise _HeadRejected
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        self._head_size += len(name) + len(value) + 4  # ": " and CRLF
+        self._refuse_large_head()
+        if self._header_count > self.limits.max_header_count:
+            limit = self.limits.max_header_count
+            self._rejection = (431, f"more than {limit} headers", "too_many_headers")
+            raise _HeadRejected
+        if len(name) + len(value) > self.limits.max_header_bytes:
+            limit = self.limits.max_header_bytes
+            self._rejection = (
+                431,
+                f"a header exceeds {limit} bytes",
+                "request_header_fields_too_large",
+            )
+            raise _HeadRejected
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._refuse_large_head()
+        self._reading_head = False
+        self._head_bytes = self._head_size = self._header_count = 0
+        self._arm(self.limits.body_timeout_s, self._body_timed_out)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        self._reading_head = True
+        super().on_message_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to anything the parser refuses: ours is JSON, like every other
+        error of the gateway, and says which limit was hit."""
+        status, message, code = self._rejection or (400, msg, "invalid_http_request")
+        self._answer_and_close(status, message, code)
+
+    def _answer_and_close(self, status: int, message: str, code: str) -> None:
+        self._disarm()
+        if self.transport.is_closing():
+            return
+        body = orjson.dumps(error_body(status, message, code))
+        self.transport.write(
+            b"".join(
+                [
+                    STATUS_LINE[status],
+                    b"content-type: application/json\r\n",
+                    b"content-length: %d\r\n" % len(body),
+                    b"connection: close\r\n\r\n",
+                    body,
+                ]
+            )
+        )
+        self.transport.close()
+
+
+def uvicorn_options() -> dict[str, Any]:
+    """uvicorn Config keywords for the limits above (CLI server and gunicorn worker)."""
+    limits = serving_settings()
+    return {
+        "http": BoundedHttpToolsProtocol,
+        "limit_concurrency": limits.max_connections,
+        "timeout_keep_alive": limits.keepalive_s,
+    }
+
+
+class GatewayWorker(UvicornWorker):
+    """``gunicorn --worker-class llm_gateway.serving.GatewayWorker``: uvicorn's worker
+    serving with the bounded protocol and the limits from the environment."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name, value in uvicorn_options().items():
+            setattr(self.config, name, value)
