@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import openai
 import pytest
 import yaml
 from throwaway_postgres import PostgresCluster, free_port
@@ -171,16 +172,93 @@ def dripping_upstream() -> Iterator[Upstream]:
         yield upstream
 
 
+NGINX = Path("/usr/sbin/nginx")
+# nginx as production proxies run it in front of a provider: gzip for JSON and event
+# streams, unbuffered streams. Two servers: one that passes the client's Accept-Encoding
+# on (and so compresses only what the client accepts), one that asks the upstream for
+# gzip whatever the client said and relays the compressed bytes (a proxy or CDN that
+# compresses regardless).
+NGINX_CONF = """
+daemon off;
+master_process off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    gzip on;
+    gzip_proxied any;
+    gzip_min_length 0;
+    gzip_types application/json text/event-stream;
+    proxy_http_version 1.1;
+    proxy_buffering off;
+    server {{
+        listen 127.0.0.1:{honest_port};
+        location / {{ proxy_pass http://127.0.0.1:{upstream_port}; }}
+    }}
+    server {{
+        listen 127.0.0.1:{forcing_port};
+        location / {{
+            proxy_pass http://127.0.0.1:{upstream_port};
+            proxy_set_header Accept-Encoding gzip;
+        }}
+    }}
+}}
+"""
+
+
+@dataclass
+class NginxProxies:
+    honest_port: int
+    forcing_port: int
+
+    @property
+    def honest_api_base(self) -> str:
+        return f"http://127.0.0.1:{self.honest_port}/v1"
+
+    @property
+    def forcing_api_base(self) -> str:
+        return f"http://127.0.0.1:{self.forcing_port}/v1"
+
+
+@pytest.fixture(scope="session")
+def nginx(fake_upstream) -> Iterator[NginxProxies]:
+    """Debian's nginx in front of the fake upstream (the tests need something we did not
+    write between the gateway and its provider)."""
+    if not NGINX.exists():
+        pytest.exit(f"{NGINX} missing: `make -C app nginx` installs it", 2)
+    work = Path(tempfile.mkdtemp(prefix="llmgw-nginx-"))
+    proxies = NginxProxies(free_port(), free_port())
+    conf = work / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(dir=work, upstream_port=fake_upstream.port,
+                                      **vars(proxies)))  # fmt: skip
+    proc = subprocess.Popen([str(NGINX), "-c", str(conf), "-e", str(work / "error.log")])
+    try:
+        wait_for_port(proxies.honest_port, proc=proc)
+        wait_for_port(proxies.forcing_port, proc=proc)
+        yield proxies
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+
+
 @dataclass
 class Upstreams:
     fast: Upstream
     slow: Upstream
     dripping: Upstream
+    nginx: NginxProxies
 
 
 @pytest.fixture(scope="session")
-def upstreams(fake_upstream, slow_upstream, dripping_upstream) -> Upstreams:
-    return Upstreams(fake_upstream, slow_upstream, dripping_upstream)
+def upstreams(fake_upstream, slow_upstream, dripping_upstream, nginx) -> Upstreams:
+    return Upstreams(fake_upstream, slow_upstream, dripping_upstream, nginx)
 
 
 def gateway_config(upstreams: Upstreams, **general) -> dict:
@@ -207,6 +285,13 @@ def gateway_config(upstreams: Upstreams, **general) -> dict:
             entry("slow", "fake-model", upstreams.slow.api_base, timeout=0.5),
             entry("slow-ok", "fake-model", upstreams.slow.api_base),
             entry("nested", "fake-nested-300", upstreams.fast.api_base),
+            entry("refusal", "fake-refusal", upstreams.fast.api_base),
+            *(
+                entry(f"encoded-{c}", f"fake-encoded-{c}", upstreams.fast.api_base)
+                for c in ("gzip", "deflate", "br", "zstd")
+            ),
+            entry("via-nginx", "fake-model", upstreams.nginx.honest_api_base),
+            entry("via-nginx-gzip", "fake-model", upstreams.nginx.forcing_api_base),
             entry("dripping", "fake-model", upstreams.dripping.api_base),
             entry("refused", "fake-model", f"http://127.0.0.1:{free_port()}/v1"),
         ],
@@ -327,6 +412,13 @@ def start_gateway(tmp_path_factory, upstreams):
     yield start
     for gateway in started:
         gateway.stop()
+
+
+@pytest.fixture
+def client(gateway):
+    """The official openai client, pointed at the module's gateway."""
+    with openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=MASTER_KEY) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")

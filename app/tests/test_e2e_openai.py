@@ -3,16 +3,10 @@
 import openai
 import pytest
 
-from conftest import MASTER_KEY, query
+from conftest import query
 from helpers import wait_until
 
 MESSAGES = [{"role": "user", "content": "tell me something"}]
-
-
-@pytest.fixture
-def client(gateway):
-    with openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=MASTER_KEY) as client:
-        yield client
 
 
 def stored(gateway, pg_cluster, request_id):
@@ -60,3 +54,146 @@ def test_errors_surface_as_openai_exceptions(client):
             model="upstream-500", messages=MESSAGES
         )
     assert raised.value.status_code == 502
+
+
+def test_streams_read_to_the_end_are_logged_200_however_fast_the_client_closes(
+    client, gateway, pg_cluster
+):
+    """The SDK closes its connection as soon as it reads [DONE]; that is a delivered
+    answer, not a client that left (which is what 499 means)."""
+    ids = []
+    for _ in range(30):
+        with client.chat.completions.with_streaming_response.create(
+            model="gpt-test", messages=MESSAGES, stream=True
+        ) as response:
+            ids.append(response.headers["x-request-id"])
+            for _chunk in response.parse():
+                pass
+    sql = "SELECT status_code FROM requests WHERE request_id = ANY(%s)"
+    rows = wait_until(lambda: (r := query(pg_cluster, gateway.database, sql, (ids,))) and
+                      len(r) == len(ids) and r)  # fmt: skip
+    assert [status for (status,) in rows] == [200] * len(ids)
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "description": "Look the text up",
+            "parameters": {"type": "object", "properties": {"text": {"type": "string"}}},
+        },
+    }
+]
+
+
+def logged_body(gateway, pg_cluster, request_id):
+    sql = (
+        "SELECT p.response_body FROM requests r JOIN responses p ON p.request_id_fk = r.id"
+        " WHERE r.request_id = %s"
+    )
+    return wait_until(lambda: query(pg_cluster, gateway.database, sql, (request_id,)))[0][0]
+
+
+def test_a_streamed_tool_call_is_logged_as_the_unstreamed_answer(client, gateway, pg_cluster):
+    plain = client.chat.completions.create(model="gpt-test", messages=MESSAGES, tools=TOOLS)
+    with client.chat.completions.with_streaming_response.create(
+        model="gpt-test", messages=MESSAGES, tools=TOOLS, stream=True
+    ) as response:
+        request_id = response.headers["x-request-id"]
+        deltas = [c.choices[0].delta for c in response.parse() if c.choices]
+    received = "".join(call.function.arguments or "" for d in deltas for call in d.tool_calls or [])
+    assert received == plain.choices[0].message.tool_calls[0].function.arguments
+    choice = logged_body(gateway, pg_cluster, request_id)["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["content"] is None
+    ((call,),) = [choice["message"]["tool_calls"]]
+    assert call["id"] == next(d.tool_calls[0].id for d in deltas if d.tool_calls)
+    assert call["type"] == "function"
+    assert call["function"] == {"name": "lookup", "arguments": received}
+
+
+def test_a_streamed_refusal_is_logged(client, gateway, pg_cluster):
+    with client.chat.completions.with_streaming_response.create(
+        model="refusal", messages=MESSAGES, stream=True
+    ) as response:
+        request_id = response.headers["x-request-id"]
+        received = "".join(c.choices[0].delta.refusal or "" for c in response.parse() if c.choices)
+    message = logged_body(gateway, pg_cluster, request_id)["choices"][0]["message"]
+    assert received and message["refusal"] == received
+    assert message["content"] is None
+
+
+def logged_row(gateway, pg_cluster, request_id):
+    sql = (
+        "SELECT r.route, r.model, p.status_code, p.response_body, p.prompt_tokens,"
+        " p.completion_tokens, p.tokens_used, p.cost FROM requests r"
+        " JOIN responses p ON p.request_id_fk = r.id WHERE r.request_id = %s"
+    )
+    keys = ("route", "model", "status", "body", "prompt", "completion", "total", "cost")
+    row = wait_until(lambda: query(pg_cluster, gateway.database, sql, (request_id,)))[0]
+    return dict(zip(keys, row, strict=True))
+
+
+def test_embeddings_via_openai_client(client, gateway, pg_cluster):
+    raw = client.embeddings.with_raw_response.create(model="gpt-test", input=["one two", "three"])
+    embeddings = raw.parse()
+    assert [len(item.embedding) for item in embeddings.data] == [8, 8]
+    row = logged_row(gateway, pg_cluster, raw.headers["x-request-id"])
+    assert (row["route"], row["status"], row["prompt"], row["total"]) == (
+        "/v1/embeddings", 200, 3, 3)  # fmt: skip
+    assert row["completion"] is None
+    assert float(row["cost"]) == pytest.approx(3 * 0.000001)  # the input price only
+    assert row["body"]["data"][1]["embedding"] == embeddings.data[1].embedding
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_legacy_completions_via_openai_client(client, gateway, pg_cluster, stream):
+    if stream:
+        with client.completions.with_streaming_response.create(
+            model="gpt-test", prompt="say this", stream=True
+        ) as response:
+            request_id = response.headers["x-request-id"]
+            text = "".join(c.choices[0].text for c in response.parse() if c.choices)
+    else:
+        raw = client.completions.with_raw_response.create(model="gpt-test", prompt="say this")
+        request_id, text = raw.headers["x-request-id"], raw.parse().choices[0].text
+    assert text == "Fake reply: say this"
+    row = logged_row(gateway, pg_cluster, request_id)
+    assert (row["route"], row["status"]) == ("/v1/completions", 200)
+    assert row["body"]["choices"][0]["text"] == text
+    assert (row["prompt"], row["completion"]) == (2, 4)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_responses_api_via_openai_client(client, gateway, pg_cluster, stream):
+    if stream:
+        with client.responses.with_streaming_response.create(
+            model="gpt-test", input="answer me", stream=True
+        ) as response:
+            request_id = response.headers["x-request-id"]
+            events = list(response.parse())
+        text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+        assert events[-1].type == "response.completed"
+    else:
+        raw = client.responses.with_raw_response.create(model="gpt-test", input="answer me")
+        request_id, text = raw.headers["x-request-id"], raw.parse().output_text
+    assert text == "Fake reply: answer me"
+    row = logged_row(gateway, pg_cluster, request_id)
+    assert (row["route"], row["status"]) == ("/v1/responses", 200)
+    assert row["body"]["output"][0]["content"][0]["text"] == text
+    # input_tokens / output_tokens land in the same columns as chat's counts.
+    assert (row["prompt"], row["completion"], row["total"]) == (2, 4, 6)
+
+
+def test_an_unknown_route_is_a_json_404(gateway):
+    reply = gateway.call("POST", "/v1/no-such-endpoint", {"model": "gpt-test"})
+    assert reply.status == 404
+    assert reply.json()["error"]["code"] == "not_found"
+
+
+def test_a_parameter_openai_rejects_is_rejected_through_the_gateway(client, gateway, pg_cluster):
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(model="gpt-test", messages=MESSAGES, temperature="hot")
+    assert raised.value.param == "temperature"
+    assert raised.value.response.headers["x-request-id"]

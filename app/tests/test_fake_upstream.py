@@ -54,6 +54,7 @@ def test_completion_has_deterministic_usage() -> None:
         assert body["choices"][0]["message"] == {
             "role": "assistant",
             "content": "Fake reply: count these five words",
+            "refusal": None,  # as OpenAI sends it
         }
         assert body["choices"][0]["finish_reason"] == "stop"
         # prompt: 2 + 4 words; completion: the 6 words of the reply.

@@ -68,6 +68,8 @@ def test_database_outage_spools_then_replays_exactly_once(start_gateway, restore
     health = gw.call("GET", "/api/health", key=None)
     assert health.status == 503
     assert health.json()["database"]["ok"] is False
+    # A balancer checking liveness keeps this gateway in rotation: it serves and spools.
+    assert gw.call("GET", "/api/health/liveness", key=None).status == 200
     wait_until(lambda: gw.call("GET", "/api/health").json()["writer"]["spool_backlog"] == 40)
     assert list(gw.workdir.joinpath("spool").glob("*.jsonl"))
     assert gw.call("GET", "/api/requests").status == 503

@@ -79,6 +79,14 @@ async def list_models(request: Request) -> dict:
     }
 
 
+@router.api_route("/api/health/liveness", methods=["GET", "HEAD"])
+async def liveness() -> JSONResponse:
+    """Liveness, for load balancers: 200 whenever this process's event loop serves. The
+    database is not asked: a gateway whose database is down still answers and logs to
+    its spool, so a balancer must keep sending it traffic (readiness is /api/health)."""
+    return JSONResponse({"status": "alive"})
+
+
 @router.api_route(
     "/api/health",
     methods=["GET", "HEAD"],

@@ -44,9 +44,9 @@ class Deployment:
     input_cost_per_token: float
     output_cost_per_token: float
 
-    @property
-    def chat_url(self) -> str:
-        return self.api_base.rstrip("/") + "/chat/completions"
+    def url(self, path: str) -> str:
+        """The upstream URL of an endpoint (``path`` like "/chat/completions")."""
+        return self.api_base.rstrip("/") + path
 
 
 @dataclass(frozen=True)

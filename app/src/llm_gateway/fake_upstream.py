@@ -7,6 +7,10 @@ are whitespace-separated words (prompt: all message texts; completion: the reply
 Endpoints
     POST /v1/chat/completions   chat.completion, or SSE chunks when "stream": true
                                 (a usage chunk when stream_options.include_usage)
+    POST /v1/completions        legacy text_completion, plain or streamed
+    POST /v1/embeddings         deterministic 8-dimension vectors per input
+    POST /v1/responses          Responses API object, or its typed event stream
+                                (fake_endpoints.py)
     GET  /v1/models             the models from --models
     GET  /health                {"status": "ok"}, never needs a key
 
@@ -27,6 +31,14 @@ Per-request controls, for tests
     model "fake-error-<status>"   answer with that status (e.g. fake-error-503)
     model "fake-nested-<depth>"   add a field "nested" that many arrays deep to a plain
                                   answer (a misbehaving provider; at most 1000)
+    model "fake-refusal"          the model refuses (message.refusal, streamed as deltas)
+    "tools" in the request        the answer calls the first tool with {"text": <last
+                                  user message>} (tool_calls; streamed in fragments)
+    model "fake-encoded-<coding>" answer (plain or streamed) in that content coding
+                                  (gzip, deflate, br, zstd) whatever the client accepts,
+                                  as a CDN or proxy in front of a provider may
+    Accept-Encoding               otherwise answers are compressed as a provider does
+                                  when the client accepts it (zstd, br, gzip, deflate)
     header X-Fake-Status: <code>  the same, for any model
     header X-Fake-Delay-Ms: <ms>  replaces latency and jitter (e.g. to force a timeout)
 
@@ -41,16 +53,33 @@ import asyncio
 import hmac
 import os
 import random
+import sys
 import time
 import uuid
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import brotli
 import orjson
 from aiohttp import web
 
+if sys.version_info >= (3, 14):
+    from compression.zstd import ZstdCompressor
+else:
+    from backports.zstd import ZstdCompressor
+
 ERROR_MODEL_PREFIX = "fake-error-"
 NESTED_MODEL_PREFIX = "fake-nested-"
+ENCODED_MODEL_PREFIX = "fake-encoded-"
+# Parameters OpenAI rejects with a 400 unless they are numbers.
+NUMBER_PARAMETERS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
+REFUSAL_MODEL = "fake-refusal"
+REFUSAL = "I'm sorry, but I can't help with that request."
+# Streamed tool-call arguments arrive in fragments of this many characters.
+ARGUMENT_FRAGMENT = 8
+# Preference when a client accepts several codings, as large providers' CDNs choose.
+CODINGS = ("zstd", "br", "gzip", "deflate")
 # orjson writes at most 254 levels; the nested field is built as JSON text instead.
 MAX_NESTED_DEPTH = 1000
 INJECTED_STATUSES = (500, 429, 503)
@@ -104,12 +133,12 @@ def json_response(
 
 
 def error_response(
-    status: int, message: str, headers: dict[str, str] | None = None
+    status: int, message: str, headers: dict[str, str] | None = None, param: str | None = None
 ) -> web.Response:
     kind, code = _ERROR_KINDS.get(
         status, ("server_error" if status >= 500 else "invalid_request_error", None)
     )
-    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return json_response(body, status=status, headers=headers)
 
 
@@ -117,6 +146,49 @@ def injected_error(status: int) -> web.Response:
     # A real provider's 429 says when to come back; clients and gateways look for it.
     headers = {"Retry-After": "1"} if status == 429 else None
     return error_response(status, f"fake upstream: injected error {status}", headers)
+
+
+class Encoder:
+    """Incremental content coding. Every ``encode`` is flushed, so each streamed event
+    reaches the client whole, as a compressing proxy's event stream does."""
+
+    def __init__(self, coding: str):
+        self.coding = coding
+        if coding in ("gzip", "deflate"):
+            # gzip: wbits 16+15; HTTP "deflate" is the zlib format (RFC 9110), wbits 15.
+            self._zlib = zlib.compressobj(wbits=31 if coding == "gzip" else 15)
+        elif coding == "br":
+            self._brotli = brotli.Compressor()
+        else:
+            self._zstd = ZstdCompressor()
+
+    def encode(self, data: bytes) -> bytes:
+        if self.coding in ("gzip", "deflate"):
+            return self._zlib.compress(data) + self._zlib.flush(zlib.Z_SYNC_FLUSH)
+        if self.coding == "br":
+            return self._brotli.process(data) + self._brotli.flush()
+        return self._zstd.compress(data, mode=ZstdCompressor.FLUSH_BLOCK)
+
+    def finish(self) -> bytes:
+        if self.coding in ("gzip", "deflate"):
+            return self._zlib.flush()
+        if self.coding == "br":
+            return self._brotli.finish()
+        return self._zstd.flush()
+
+
+def negotiate_coding(request: web.Request, model: str) -> str | None:
+    """The coding to answer in: forced by the model name, else the first of CODINGS the
+    client's Accept-Encoding admits (q > 0), else none."""
+    forced = model.removeprefix(ENCODED_MODEL_PREFIX)
+    if model.startswith(ENCODED_MODEL_PREFIX) and forced in CODINGS:
+        return forced
+    accepted = set()
+    for item in request.headers.get("Accept-Encoding", "").split(","):
+        name, _, params = item.strip().partition(";")
+        if params.replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000"):
+            accepted.add(name.strip().lower())
+    return next((coding for coding in CODINGS if coding in accepted), None)
 
 
 def message_text(message: object) -> str:
@@ -190,22 +262,29 @@ def completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex}"
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
+async def admit(request: web.Request, required: str) -> tuple[dict, web.Response | None]:
+    """What every endpoint does first, as a provider does: the key, the JSON body, the
+    model and the ``required`` field, parameter types, then the configured delay and any
+    injected error. Returns (payload, None) or (payload, the error answer)."""
     settings = request.app[SETTINGS_KEY]
     if (denied := check_auth(request, settings)) is not None:
-        return denied
+        return {}, denied
     try:
         payload = orjson.loads(await request.read())
     except ValueError:  # orjson.JSONDecodeError is a ValueError
-        return error_response(400, "We could not parse the JSON body of your request.")
+        return {}, error_response(400, "We could not parse the JSON body of your request.")
     if not isinstance(payload, dict):
-        return error_response(400, "The request body must be a JSON object.")
-    model, messages = payload.get("model"), payload.get("messages")
+        return {}, error_response(400, "The request body must be a JSON object.")
+    model = payload.get("model")
     if not isinstance(model, str) or not model:
-        return error_response(400, "you must provide a model parameter")
-    if not isinstance(messages, list) or not messages:
-        return error_response(400, "'messages' must be a non-empty array")
-
+        return payload, error_response(400, "you must provide a model parameter")
+    if required not in payload:
+        return payload, error_response(400, f"Missing required parameter: '{required}'.")
+    for name in NUMBER_PARAMETERS:
+        value = payload.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            message = f"Invalid type for '{name}': expected a decimal, but got a string instead."
+            return payload, error_response(400, message, param=name)
     delay = delay_seconds(request, settings)
     # Zero latency skips the sleep entirely: even sleep(0) costs a loop iteration.
     if delay > 0:
@@ -214,23 +293,28 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if status is None and settings.error_rate and settings.rng.random() < settings.error_rate:
         status = settings.rng.choice(INJECTED_STATUSES)
     if status is not None:
-        return injected_error(status)
+        return payload, injected_error(status)
+    return payload, None
 
-    max_tokens = payload.get("max_completion_tokens", payload.get("max_tokens"))
-    words, finish_reason = build_reply(
-        messages, max_tokens if isinstance(max_tokens, int) else None
-    )
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    payload, refused = await admit(request, "messages")
+    if refused is not None:
+        return refused
+    model, messages = payload["model"], payload["messages"]
+    if not isinstance(messages, list) or not messages:
+        return error_response(400, "'messages' must be a non-empty array")
+
+    answer = build_answer(payload, model, messages)
     prompt_tokens = sum(count_tokens(message_text(m)) for m in messages)
     usage = {
         "prompt_tokens": prompt_tokens,
-        "completion_tokens": len(words),
-        "total_tokens": prompt_tokens + len(words),
+        "completion_tokens": answer.completion_tokens,
+        "total_tokens": prompt_tokens + answer.completion_tokens,
     }
     if payload.get("stream") is True:
-        options = payload.get("stream_options")
-        include_usage = isinstance(options, dict) and options.get("include_usage") is True
         return await stream_completion(
-            request, settings, model, words, finish_reason, usage if include_usage else None
+            request, model, answer, usage if wants_stream_usage(payload) else None
         )
     body = {
         "id": completion_id(),
@@ -240,37 +324,135 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": " ".join(words)},
+                "message": answer.message,
                 "logprobs": None,
-                "finish_reason": finish_reason,
+                "finish_reason": answer.finish_reason,
             }
         ],
         "usage": usage,
     }
+    raw = orjson.dumps(body)
     if model.startswith(NESTED_MODEL_PREFIX):
-        return nested_answer(body, model.removeprefix(NESTED_MODEL_PREFIX))
-    return json_response(body)
+        raw = nested_answer(raw, model.removeprefix(NESTED_MODEL_PREFIX))
+    return encoded_json(request, raw, model)
 
 
-def nested_answer(body: dict, depth_text: str) -> web.Response:
+def wants_stream_usage(payload: dict) -> bool:
+    options = payload.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def nested_answer(raw: bytes, depth_text: str) -> bytes:
     depth = min(int(depth_text), MAX_NESTED_DEPTH) if depth_text.isdigit() else 1
-    nested = b"[" * depth + b"]" * depth
-    raw = orjson.dumps(body)[:-1] + b',"nested":' + nested + b"}"
-    return web.Response(body=raw, content_type="application/json")
+    return raw[:-1] + b',"nested":' + b"[" * depth + b"]" * depth + b"}"
+
+
+@dataclass
+class Answer:
+    """One assistant message, whole (plain answers) and as stream deltas."""
+
+    message: dict
+    deltas: list[dict]  # the first carries the role
+    finish_reason: str
+    completion_tokens: int
+
+
+def build_answer(payload: dict, model: str, messages: list) -> Answer:
+    tools = payload.get("tools")
+    if model == REFUSAL_MODEL:
+        step = ARGUMENT_FRAGMENT
+        pieces = [REFUSAL[i : i + step] for i in range(0, len(REFUSAL), step)]
+        first = {"role": "assistant", "content": None, "refusal": ""}
+        return Answer(
+            {"role": "assistant", "content": None, "refusal": REFUSAL},
+            [first, *({"refusal": piece} for piece in pieces)],
+            "stop",
+            count_tokens(REFUSAL),
+        )
+    if isinstance(tools, list) and tools and payload.get("tool_choice") != "none":
+        return tool_call_answer(tools[0], messages)
+    max_tokens = payload.get("max_completion_tokens", payload.get("max_tokens"))
+    words, finish_reason = build_reply(
+        messages, max_tokens if isinstance(max_tokens, int) else None
+    )
+    deltas: list[dict] = [{"role": "assistant", "content": ""}]
+    for start in range(0, len(words), WORDS_PER_DELTA):
+        piece = " ".join(words[start : start + WORDS_PER_DELTA])
+        deltas.append({"content": piece if start == 0 else " " + piece})
+    message = {"role": "assistant", "content": " ".join(words), "refusal": None}
+    return Answer(message, deltas, finish_reason, len(words))
+
+
+def tool_call_answer(tool: object, messages: list) -> Answer:
+    function = tool.get("function") if isinstance(tool, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    name = name if isinstance(name, str) else "tool"
+    last = message_text(messages[-1]) if messages else ""
+    arguments = orjson.dumps({"text": last}).decode()
+    call_id = f"call_{uuid.uuid4().hex[:24]}"
+    call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+    first_call = {"index": 0, "id": call_id, "type": "function",
+                  "function": {"name": name, "arguments": ""}}  # fmt: skip
+    deltas: list[dict] = [{"role": "assistant", "content": None, "tool_calls": [first_call]}]
+    for start in range(0, len(arguments), ARGUMENT_FRAGMENT):
+        fragment = arguments[start : start + ARGUMENT_FRAGMENT]
+        deltas.append({"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]})
+    message = {"role": "assistant", "content": None, "refusal": None, "tool_calls": [call]}
+    return Answer(message, deltas, "tool_calls", count_tokens(arguments))
+
+
+def encoded_json(request: web.Request, body: object, model: str) -> web.Response:
+    """A JSON answer, compressed as negotiated (or forced by the model name)."""
+    raw = body if isinstance(body, bytes) else orjson.dumps(body)
+    coding = negotiate_coding(request, model)
+    if coding is None:
+        return web.Response(body=raw, content_type="application/json")
+    encoder = Encoder(coding)
+    return web.Response(
+        body=encoder.encode(raw) + encoder.finish(),
+        content_type="application/json",
+        headers={"Content-Encoding": coding, "Vary": "Accept-Encoding"},
+    )
+
+
+class EventStream:
+    """A server-sent event stream, compressed as negotiated, paced by --chunk-delay-ms."""
+
+    def __init__(self, request: web.Request, model: str):
+        self.request = request
+        self.settings = request.app[SETTINGS_KEY]
+        coding = negotiate_coding(request, model)
+        self.encoder = Encoder(coding) if coding else None
+        headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        if coding:
+            headers.update({"Content-Encoding": coding, "Vary": "Accept-Encoding"})
+        self.response = web.StreamResponse(headers=headers)
+        self.sent = 0
+
+    async def send(self, data: dict | bytes, event: str | None = None) -> None:
+        if self.sent == 0:
+            await self.response.prepare(self.request)
+        elif self.settings.chunk_delay_ms:
+            await asyncio.sleep(self.settings.chunk_delay_ms / 1000)
+        self.sent += 1
+        text = data if isinstance(data, bytes) else orjson.dumps(data)
+        line = (b"event: " + event.encode() + b"\n" if event else b"") + b"data: " + text
+        await self._write(line + b"\n\n")
+
+    async def _write(self, data: bytes) -> None:
+        await self.response.write(self.encoder.encode(data) if self.encoder else data)
+
+    async def close(self) -> web.StreamResponse:
+        if self.encoder is not None:
+            await self.response.write(self.encoder.finish())
+        await self.response.write_eof()
+        return self.response
 
 
 async def stream_completion(
-    request: web.Request,
-    settings: Settings,
-    model: str,
-    words: list[str],
-    finish_reason: str,
-    usage: dict | None,
+    request: web.Request, model: str, answer: Answer, usage: dict | None
 ) -> web.StreamResponse:
-    response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-    )
-    await response.prepare(request)
+    stream = EventStream(request, model)
     base = {
         "id": completion_id(),
         "object": "chat.completion.chunk",
@@ -279,23 +461,17 @@ async def stream_completion(
     }
 
     async def send(choices: list, **extra: object) -> None:
-        chunk = {**base, "choices": choices, **extra}
-        await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        await stream.send({**base, "choices": choices, **extra})
 
-    # OpenAI opens with the role, then content deltas, then an empty delta carrying finish_reason.
-    await send([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-    for start in range(0, len(words), WORDS_PER_DELTA):
-        if settings.chunk_delay_ms:
-            await asyncio.sleep(settings.chunk_delay_ms / 1000)
-        piece = " ".join(words[start : start + WORDS_PER_DELTA])
-        text = piece if start == 0 else " " + piece
-        await send([{"index": 0, "delta": {"content": text}, "finish_reason": None}])
-    await send([{"index": 0, "delta": {}, "finish_reason": finish_reason}])
+    # OpenAI opens with the role, then the deltas, then an empty delta carrying
+    # finish_reason, then (when asked for) a usage-only chunk.
+    for delta in answer.deltas:
+        await send([{"index": 0, "delta": delta, "finish_reason": None}])
+    await send([{"index": 0, "delta": {}, "finish_reason": answer.finish_reason}])
     if usage is not None:
         await send([], usage=usage)
-    await response.write(b"data: [DONE]\n\n")
-    await response.write_eof()
-    return response
+    await stream.send(b"[DONE]")
+    return await stream.close()
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -318,6 +494,12 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app = web.Application(client_max_size=32 * 1024 * 1024)
     app[SETTINGS_KEY] = settings or Settings()
     app.router.add_post("/v1/chat/completions", chat_completions)
+    # Imported here: those handlers build on this module's helpers.
+    from llm_gateway.fake_endpoints import completions, embeddings, responses
+
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_post("/v1/responses", responses)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/health", health)
     return app
@@ -377,4 +559,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the module under its package name, not as this __main__ copy: fake_endpoints
+    # imports it by name, and both must share one SETTINGS_KEY.
+    from llm_gateway.fake_upstream import main as package_main
+
+    package_main()

@@ -68,7 +68,9 @@ async def _announce_database(gateway: Gateway, retry_s: float) -> None:
         return
 
 
-def create_app(config: GatewayConfig | None = None, env: EnvSettings | None = None) -> ChatFastPath:
+def create_app(
+    config: GatewayConfig | None = None, env: EnvSettings | None = None
+) -> ForwardFastPath:
     # Config errors surface here, at worker boot, naming the entry and the reason.
     env = env or EnvSettings()
     config = config or load_config(env)
@@ -85,7 +87,7 @@ def create_app(config: GatewayConfig | None = None, env: EnvSettings | None = No
         # client costs ~3-4x less CPU per request here (app/README.md, "How logging stays off").
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
-            auto_decompress=False,
+            auto_decompress=True,  # see proxy._upstream_headers
         )
         gateway = Gateway(config=config, writer=writer, session=session, engine=engine)
         app.state.gateway = gateway
@@ -113,15 +115,16 @@ def create_app(config: GatewayConfig | None = None, env: EnvSettings | None = No
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     # Reachable through FastAPI too (same handler), e.g. for ASGI test clients.
-    app.router.add_route(proxy.ROUTE, proxy.chat_completions, methods=["POST"])
+    for path in proxy.ENDPOINTS:
+        app.router.add_route(path, proxy.forward_call, methods=["POST"])
     app.include_router(api.router)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    return ChatFastPath(app)
+    return ForwardFastPath(app)
 
 
-class ChatFastPath:
-    """Pure ASGI front: POST /v1/chat/completions goes straight to its handler, past
+class ForwardFastPath:
+    """Pure ASGI front: POST to a forwarded endpoint goes straight to its handler, past
     FastAPI's middleware stack and router (tens of microseconds per request on this
     machine); everything else, lifespan included, is the FastAPI app."""
 
@@ -132,15 +135,16 @@ class ChatFastPath:
         return getattr(self.app, name)  # app.state, app.router, ... as on FastAPI
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["path"] != proxy.ROUTE or scope["method"] != "POST":
+        forwarded = scope["type"] == "http" and scope["path"] in proxy.ENDPOINTS
+        if not forwarded or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         scope["app"] = self.app
         try:
-            response = await proxy.chat_completions(Request(scope, receive))
+            response = await proxy.forward_call(Request(scope, receive))
         except Exception:
             # What ServerErrorMiddleware would do: log it and answer OpenAI-style.
-            log.exception("unhandled error in %s", proxy.ROUTE)
+            log.exception("unhandled error in %s", scope["path"])
             response = error_response(500, "internal error in the gateway", "internal_error")
         await response(scope, receive, send)
 

@@ -1,4 +1,4 @@
-"""POST /v1/chat/completions: the hot path.
+"""POST /v1/chat/completions and the other forwarded endpoints (endpoints.py): the hot path.
 
 Deliberately a plain Starlette endpoint: FastAPI's dependency/validation machinery and
 pydantic models cost more per request than the whole logging path. The body is parsed
@@ -24,12 +24,13 @@ from starlette.responses import Response, StreamingResponse
 
 from llm_gateway import metrics
 from llm_gateway.config import Deployment
+from llm_gateway.endpoints import CHAT, ENDPOINTS, Endpoint
 from llm_gateway.errors import error_body, error_response
 from llm_gateway.gateway import Gateway
 from llm_gateway.loggable import nesting_exceeds
 from llm_gateway.redaction import logged_url, redacted_headers
 
-ROUTE = "/v1/chat/completions"
+ROUTE = CHAT.path
 log = logging.getLogger(__name__)
 
 
@@ -67,6 +68,7 @@ class Exchange:
     started_at: float = field(default_factory=time.time)
     t0: float = field(default_factory=time.perf_counter)
     request_id: str = field(default_factory=new_request_id)
+    endpoint: Endpoint = CHAT
     body: Any = None
     model: str | None = None
     deployment: Deployment | None = None
@@ -75,8 +77,10 @@ class Exchange:
         """The row pair for the writer (plain dict: it may be spooled as JSON)."""
         prompt = completion = total = cost = None
         if isinstance(usage, dict):
-            prompt = _token_count(usage.get("prompt_tokens"))
-            completion = _token_count(usage.get("completion_tokens"))
+            # Chat, completions and embeddings count prompt/completion tokens; the
+            # Responses API input/output tokens.
+            prompt = _token_count(usage.get("prompt_tokens", usage.get("input_tokens")))
+            completion = _token_count(usage.get("completion_tokens", usage.get("output_tokens")))
             total = _token_count(usage.get("total_tokens"))
             if total is None and prompt is not None and completion is not None:
                 total = prompt + completion
@@ -90,7 +94,7 @@ class Exchange:
         user = body.get("user") if body else None
         return {
             "request_id": self.request_id,
-            "route": ROUTE,
+            "route": self.endpoint.path,
             "method": "POST",
             "url": logged_url(self.request.scope["path"], self.request.scope["query_string"]),
             "headers": redacted_headers(self.request.scope["headers"]),
@@ -153,24 +157,6 @@ async def _read_body(request: Request, limit: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _validate(body: Any) -> tuple[str, str | None]:
-    """Return (message, param) for the first problem, or ("", None) when routable."""
-    if not isinstance(body, dict):
-        return "request body must be a JSON object", None
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        return "'model' is required and must be a string", "model"
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        return "'messages' is required and must be a non-empty array", "messages"
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            return f"messages[{index}] must be an object with a 'role'", f"messages[{index}]"
-    if "stream" in body and not isinstance(body["stream"], bool):
-        return "'stream' must be a boolean", "stream"
-    return "", None
-
-
 async def _log(gateway: Gateway, ex: Exchange, status: int, body: Any, usage: Any) -> dict:
     """Log the exchange and return the response headers.
 
@@ -206,19 +192,20 @@ def _json_response(status: int, body: Any, headers: dict) -> Response:
     return Response(orjson.dumps(body), status, headers=headers, media_type="application/json")
 
 
-async def chat_completions(request: Request) -> Response:
+async def forward_call(request: Request) -> Response:
+    """Any endpoint of ENDPOINTS (chosen by the request's path)."""
     gateway: Gateway = request.app.state.gateway
     alias = gateway.keys.alias(request.headers.get("authorization"))
-    ex = Exchange(request, alias)
+    ex = Exchange(request, alias, endpoint=ENDPOINTS[request.scope["path"]])
     try:
-        return await _chat_completions(gateway, ex)
+        return await _forward_call(gateway, ex)
     except Exception:
         # Whatever went wrong, the caller gets a request id and the exchange is logged.
-        log.exception("unhandled error in %s (request %s)", ROUTE, ex.request_id)
+        log.exception("unhandled error in %s (request %s)", ex.endpoint.path, ex.request_id)
         return await _reject(gateway, ex, 500, "internal error in the gateway", "internal_error")
 
 
-async def _chat_completions(gateway: Gateway, ex: Exchange) -> Response:
+async def _forward_call(gateway: Gateway, ex: Exchange) -> Response:
     request, alias = ex.request, ex.alias
     if alias is None:
         # Unauthenticated calls are not logged: a stranger must not be able to fill the DB.
@@ -251,7 +238,7 @@ async def _chat_completions(gateway: Gateway, ex: Exchange) -> Response:
         ex.body = {"_unloggable": f"nested deeper than {depth} levels"}
         message = f"request body nests deeper than {depth} levels"
         return await _reject(gateway, ex, 400, message, "nesting_too_deep")
-    problem, param = _validate(ex.body)
+    problem, param = ex.endpoint.validate(ex.body)
     if problem:
         return await _reject(gateway, ex, 400, problem, "invalid_request", param)
     ex.model = ex.body["model"]
@@ -259,7 +246,7 @@ async def _chat_completions(gateway: Gateway, ex: Exchange) -> Response:
     if ex.deployment is None:
         message = f"model {ex.model[:100]!r} is not configured"  # do not echo huge input
         return await _reject(gateway, ex, 404, message, "model_not_found", "model")
-    if ex.body.get("stream"):
+    if ex.body.get("stream") and ex.endpoint.streams:
         return await _stream(gateway, ex)
     return await _forward(gateway, ex)
 
@@ -279,6 +266,11 @@ def _upstream_headers(deployment: Deployment) -> dict[str, str]:
     return {
         "Authorization": "Bearer " + deployment.api_key.get_secret_value(),
         "Content-Type": "application/json",
+        # Uncompressed answers cost neither side CPU for (de)compression, and a gateway
+        # next to its clients gains nothing from relaying compressed bytes. An upstream
+        # or proxy that compresses anyway is decoded by the client session (gzip,
+        # deflate, br, zstd), so what is relayed and logged is always the JSON.
+        "Accept-Encoding": "identity",
     }
 
 
@@ -319,7 +311,7 @@ async def _forward(gateway: Gateway, ex: Exchange) -> Response:
     deployment = ex.deployment
     try:
         async with gateway.session.post(
-            deployment.chat_url,
+            deployment.url(ex.endpoint.upstream_path),
             data=orjson.dumps(_upstream_payload(ex)),
             headers=_upstream_headers(deployment),
             timeout=gateway.timeout_for(deployment),
@@ -349,67 +341,19 @@ async def _forward(gateway: Gateway, ex: Exchange) -> Response:
     return await _upstream_error_response(gateway, ex, status, body, retry_after)
 
 
-class _StreamLog:
-    """Accumulates the streamed answer so the logged row has the full text and usage."""
-
-    def __init__(self) -> None:
-        self.meta: dict[str, Any] = {}
-        self.content: dict[int, list[str]] = {}
-        self.finish: dict[int, str | None] = {}
-        self.usage: dict | None = None
-        self.chunks = 0
-
-    def feed(self, chunk: dict) -> None:
-        self.chunks += 1
-        if not self.meta:
-            self.meta = {k: chunk.get(k) for k in ("id", "created", "model")}
-        if isinstance(chunk.get("usage"), dict):
-            self.usage = chunk["usage"]
-        choices = chunk.get("choices")
-        for choice in choices if isinstance(choices, list) else ():
-            # A malformed chunk is relayed as it came but adds nothing to the log.
-            if not isinstance(choice, dict):
-                continue
-            index = choice.get("index", 0)
-            if not isinstance(index, int) or isinstance(index, bool):
-                continue
-            delta = choice.get("delta")
-            delta = delta if isinstance(delta, dict) else {}
-            if isinstance(delta.get("content"), str):
-                self.content.setdefault(index, []).append(delta["content"])
-            if isinstance(choice.get("finish_reason"), str):
-                self.finish[index] = choice["finish_reason"]
-
-    def body(self) -> dict:
-        indexes = sorted(set(self.content) | set(self.finish)) or [0]
-        return {
-            **self.meta,
-            "object": "chat.completion",
-            "stream": True,
-            "chunks": self.chunks,
-            "choices": [
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": "".join(self.content.get(i, []))},
-                    "finish_reason": self.finish.get(i),
-                }
-                for i in indexes
-            ],
-            "usage": self.usage,
-        }
-
-
 async def _stream(gateway: Gateway, ex: Exchange) -> Response:
     deployment = ex.deployment
     payload = _upstream_payload(ex)
-    stream_options = payload.get("stream_options")
-    stream_options = dict(stream_options) if isinstance(stream_options, dict) else {}
-    client_wants_usage = bool(stream_options.get("include_usage"))
-    # Always ask for usage so the logged row has token counts and cost.
-    payload["stream_options"] = {**stream_options, "include_usage": True}
+    client_wants_usage = True
+    if ex.endpoint.stream_usage_option:
+        stream_options = payload.get("stream_options")
+        stream_options = dict(stream_options) if isinstance(stream_options, dict) else {}
+        client_wants_usage = bool(stream_options.get("include_usage"))
+        # Always ask for usage so the logged row has token counts and cost.
+        payload["stream_options"] = {**stream_options, "include_usage": True}
     try:
         upstream = await gateway.session.post(
-            deployment.chat_url,
+            deployment.url(ex.endpoint.upstream_path),
             data=orjson.dumps(payload),
             headers=_upstream_headers(deployment),
             timeout=gateway.timeout_for(deployment),
@@ -466,11 +410,14 @@ async def _wait_for_disconnect(request: Request) -> None:
 async def _relay(
     gateway: Gateway, ex: Exchange, upstream: aiohttp.ClientResponse, client_wants_usage: bool
 ) -> AsyncIterator[bytes]:
-    log = _StreamLog()
+    stream_log = ex.endpoint.new_stream_log()
     status = 200
     error: dict | None = None
     event: list[bytes] = []
-    finished = False
+    # The upstream's answer is complete once its [DONE] has been passed on or its stream
+    # ended: a client that closes right after reading [DONE] (the openai SDK does) has
+    # its whole answer, so only leaving before that is a 499.
+    complete = False
     # ASGI 2.4 servers drop writes to a closed connection silently; only the receive
     # channel says the client left, so watch it to stop relaying and log a 499.
     client_gone = asyncio.create_task(_wait_for_disconnect(ex.request))
@@ -483,31 +430,33 @@ async def _relay(
                 continue
             if not event:
                 continue
-            relay = True
+            relay, done = True, False
             for part in event:
                 if part.startswith(b"data:"):
                     data = part[5:].strip()
                     if data == b"[DONE]":
+                        done = True
                         continue
                     try:
                         chunk = orjson.loads(data)
                     except orjson.JSONDecodeError:
                         continue
                     if isinstance(chunk, dict):
-                        log.feed(chunk)
+                        stream_log.feed(chunk)
                         # We added include_usage; hide the usage-only chunk from clients
                         # that did not ask for it (they may index choices[0]).
                         if not client_wants_usage and not chunk.get("choices"):
                             relay = False
             if relay:
                 yield b"".join(event) + b"\n"
+            complete = complete or done or stream_log.finished
             event = []
-        if event and not client_gone.done():
-            yield b"".join(event) + b"\n\n"
-        finished = not client_gone.done()
+        else:
+            if event:
+                yield b"".join(event) + b"\n\n"
+            complete = True
     except (TimeoutError, aiohttp.ClientError) as exc:
         status, error = _transport_error(exc)
-        finished = True
         yield b"data: " + orjson.dumps(error) + b"\n\n"
     except Exception as exc:
         # E.g. a line longer than aiohttp's reader allows: the stream ends with an error
@@ -515,16 +464,15 @@ async def _relay(
         log.exception("upstream stream failed (request %s)", ex.request_id)
         message = f"upstream stream could not be relayed: {exc.__class__.__name__}"
         status, error = 502, error_body(502, message, "upstream_bad_stream")
-        finished = True
         yield b"data: " + orjson.dumps(error) + b"\n\n"
     finally:
         client_gone.cancel()
         upstream.release()
-        body = log.body()
+        body = stream_log.body()
         if error is not None:
             body["error"] = error["error"]
-        elif not finished:
+        elif not complete:
             # The client went away mid-stream (499, nginx's convention); log what was sent.
             status = 499
             body["error"] = _CLIENT_LEFT["error"]
-        await _log(gateway, ex, status, body, log.usage)
+        await _log(gateway, ex, status, body, stream_log.usage)
