@@ -291,6 +291,15 @@ def gateway_config(upstreams: Upstreams, **general) -> dict:
                 for c in ("gzip", "deflate", "br", "zstd")
             ),
             entry("via-nginx", "fake-model", upstreams.nginx.honest_api_base),
+            {
+                "model_name": "azure-gpt",
+                "litellm_params": {
+                    "model": "azure/fake-azure-deployment",
+                    "api_base": f"http://127.0.0.1:{upstreams.fast.port}",
+                    "api_version": "2024-10-21",
+                    "api_key": f"os.environ/{PROVIDER_KEY_ENV}",
+                },
+            },
             entry("via-nginx-gzip", "fake-model", upstreams.nginx.forcing_api_base),
             entry("dripping", "fake-model", upstreams.dripping.api_base),
             entry("refused", "fake-model", f"http://127.0.0.1:{free_port()}/v1"),

@@ -134,3 +134,55 @@ def test_service_refuses_to_start_with_an_unservable_config(tmp_path):
     )
     assert result.returncode != 0
     assert "model_list[0] ('c'): provider 'anthropic' is not OpenAI-compatible" in result.stderr
+
+
+PROVIDER_FILE = """
+model_list:
+  - model_name: fast
+    litellm_params: {model: groq/llama-3.1-8b-instant, api_key: sk-groq}
+  - model_name: local
+    litellm_params: {model: hosted_vllm/qwen, api_base: "http://10.0.0.7:8000/v1"}
+  - model_name: az
+    litellm_params: {model: azure/gpt4o-prod, api_base: "https://res.openai.azure.com",
+                     api_version: "2024-10-21", api_key: sk-azure}
+general_settings: {master_key: mk}
+"""
+
+
+def test_litellm_provider_prefixes_with_their_default_bases_and_azure(env):
+    config = build_config(yaml.safe_load(PROVIDER_FILE), env)
+    (fast,), (local,), (azure,) = (config.deployments[n] for n in ("fast", "local", "az"))
+    assert fast.url("/chat/completions") == "https://api.groq.com/openai/v1/chat/completions"
+    assert fast.auth_headers() == {"Authorization": "Bearer sk-groq"}
+    assert local.url("/embeddings") == "http://10.0.0.7:8000/v1/embeddings"
+    assert local.auth_headers() == {}  # a local vLLM without a key
+    assert azure.url("/chat/completions") == (
+        "https://res.openai.azure.com/openai/deployments/gpt4o-prod/chat/completions"
+        "?api-version=2024-10-21"
+    )
+    assert azure.url("/responses") == (
+        "https://res.openai.azure.com/openai/responses?api-version=2024-10-21"
+    )
+    assert azure.auth_headers() == {"api-key": "sk-azure"}
+
+
+@pytest.mark.parametrize(
+    ("params", "reason"),
+    [
+        ({"model": "hosted_vllm/q"}, "litellm_params.api_base: missing"),
+        ({"model": "azure/d", "api_base": "https://r", "api_key": "k"},
+         "litellm_params.api_version: missing"),
+    ],
+)  # fmt: skip
+def test_providers_without_a_default_base_need_one(env, params, reason):
+    with pytest.raises(ConfigError, match=reason):
+        build_config({"model_list": [{"model_name": "m", "litellm_params": params}]}, env)
+
+
+def test_litellm_keys_not_implemented_are_named_not_dropped(env, tmp_path):
+    config = build_config(yaml.safe_load(LITELLM_FILE), env)
+    assert config.ignored_keys == ("litellm_settings", "router_settings")
+    path = tmp_path / "config.yaml"
+    path.write_text(LITELLM_FILE)
+    ok = run_check_config(path, OPENAI_API_KEY="sk-provider-secret", GATEWAY_MASTER_KEY="m")
+    assert "ignored (not implemented): litellm_settings, router_settings" in ok.stdout

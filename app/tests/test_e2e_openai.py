@@ -197,3 +197,22 @@ def test_a_parameter_openai_rejects_is_rejected_through_the_gateway(client, gate
         client.chat.completions.create(model="gpt-test", messages=MESSAGES, temperature="hot")
     assert raised.value.param == "temperature"
     assert raised.value.response.headers["x-request-id"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_azure_deployment_via_openai_client(client, gateway, pg_cluster, stream):
+    """azure/<deployment>: Azure's path, ?api-version= and api-key header upstream (the
+    fake answers 404/401 to anything else); the client sees an OpenAI endpoint."""
+    if stream:
+        with client.chat.completions.with_streaming_response.create(
+            model="azure-gpt", messages=MESSAGES, stream=True
+        ) as response:
+            request_id = response.headers["x-request-id"]
+            text = "".join(c.choices[0].delta.content or "" for c in response.parse() if c.choices)
+    else:
+        raw = client.chat.completions.with_raw_response.create(model="azure-gpt", messages=MESSAGES)
+        request_id, text = raw.headers["x-request-id"], raw.parse().choices[0].message.content
+    assert text == "Fake reply: tell me something"
+    row = logged_row(gateway, pg_cluster, request_id)
+    assert (row["model"], row["status"]) == ("azure-gpt", 200)
+    assert row["body"]["model"] == "fake-azure-deployment"

@@ -60,6 +60,8 @@ def _check_config(args: argparse.Namespace) -> int:
         bases = ", ".join(d.api_base for d in deployments)
         print(f"model {name}: {len(deployments)} deployment(s) -> {bases}")
     print(f"keys: {', '.join(sorted(config.key_aliases.values())) or 'none'}")
+    if config.ignored_keys:
+        print(f"ignored (not implemented): {', '.join(config.ignored_keys)}")
     print(f"log_mode: {config.log_mode}; config OK")
     return 0
 

@@ -1,8 +1,9 @@
 """config.yaml in LiteLLM proxy format, validated once at startup.
 
-Only OpenAI-compatible providers are served (``model: openai/<upstream-name>``). Anything we
-cannot serve is a startup error naming the entry and the reason, so a bad deploy fails at
-once instead of on the first request.
+Providers that speak the OpenAI API are served, under LiteLLM's prefixes
+(``model: openai/<upstream-name>``, ``groq/...``, ``azure/<deployment>`` ...; PROVIDERS).
+Anything we cannot serve is a startup error naming the entry and the reason, so a bad
+deploy fails at once instead of on the first request.
 """
 
 from __future__ import annotations
@@ -20,8 +21,30 @@ from llm_gateway.loggable import MAX_LOGGABLE_DEPTH
 from llm_gateway.settings import EnvSettings
 
 ENV_REF_PREFIX = "os.environ/"
-SUPPORTED_PROVIDERS = ("openai",)
-DEFAULT_API_BASE = "https://api.openai.com/v1"
+
+
+@dataclass(frozen=True)
+class Provider:
+    """A LiteLLM provider prefix whose API is OpenAI's."""
+
+    api_base: str | None  # LiteLLM's default; None: the entry must give api_base
+    needs_key: bool = True  # local servers (vLLM, LM Studio) often run without one
+
+
+PROVIDERS = {
+    "openai": Provider("https://api.openai.com/v1"),
+    "azure": Provider(None),  # api_base + api_version; deployment in the path, api-key
+    "hosted_vllm": Provider(None, needs_key=False),
+    "lm_studio": Provider("http://localhost:1234/v1", needs_key=False),
+    "groq": Provider("https://api.groq.com/openai/v1"),
+    "together_ai": Provider("https://api.together.xyz/v1"),
+    "fireworks_ai": Provider("https://api.fireworks.ai/inference/v1"),
+    "deepseek": Provider("https://api.deepseek.com/v1"),
+    "mistral": Provider("https://api.mistral.ai/v1"),
+    "openrouter": Provider("https://openrouter.ai/api/v1"),
+    "xai": Provider("https://api.x.ai/v1"),
+    "perplexity": Provider("https://api.perplexity.ai"),
+}
 
 
 class ConfigError(Exception):
@@ -39,14 +62,29 @@ class Deployment:
     model_name: str
     upstream_model: str
     api_base: str
-    api_key: SecretStr
+    api_key: SecretStr | None
     timeout_s: float
     input_cost_per_token: float
     output_cost_per_token: float
+    provider: str = "openai"
+    api_version: str | None = None  # Azure
 
     def url(self, path: str) -> str:
         """The upstream URL of an endpoint (``path`` like "/chat/completions")."""
-        return self.api_base.rstrip("/") + path
+        base = self.api_base.rstrip("/")
+        if self.provider != "azure":
+            return base + path
+        # Azure OpenAI: the deployment is in the path (the Responses API takes it as
+        # "model" in the body), the API version in the query.
+        route = path if path == "/responses" else f"/deployments/{self.upstream_model}{path}"
+        return f"{base}/openai{route}?api-version={self.api_version}"
+
+    def auth_headers(self) -> dict[str, str]:
+        if self.api_key is None:
+            return {}
+        if self.provider == "azure":
+            return {"api-key": self.api_key.get_secret_value()}
+        return {"Authorization": "Bearer " + self.api_key.get_secret_value()}
 
 
 @dataclass(frozen=True)
@@ -82,6 +120,9 @@ class GatewayConfig:
     # Far above what clients send (a chat body nests 3-5 levels, tool schemas a few more)
     # and within what the log can store (loggable.MAX_LOGGABLE_DEPTH).
     max_request_json_depth: int = 128
+    # LiteLLM keys this gateway does not implement, by path: reported at startup and by
+    # check-config, never silently dropped.
+    ignored_keys: tuple[str, ...] = ()
 
 
 def hash_key(key: str) -> str:
@@ -135,26 +176,38 @@ def _parse_deployment(index: int, entry: Any, problems: list[str]) -> Deployment
     if not sep or not upstream_model:
         problems.append(f"{label}: litellm_params.model must look like 'openai/<name>' ({model!r})")
         return None
-    if provider not in SUPPORTED_PROVIDERS:
+    if provider not in PROVIDERS:
         problems.append(
             f"{label}: provider {provider!r} is not OpenAI-compatible "
-            f"(supported: {', '.join(p + '/' for p in SUPPORTED_PROVIDERS)})"
+            f"(supported: {', '.join(p + '/' for p in PROVIDERS)})"
         )
         return None
-    api_key = _resolve_secret(params.get("api_key"), f"{label}: litellm_params.api_key", problems)
+    kind = PROVIDERS[provider]
+    api_key = None
+    if kind.needs_key or params.get("api_key"):
+        where = f"{label}: litellm_params.api_key"
+        api_key = _resolve_secret(params.get("api_key"), where, problems)
     api_base = _resolve_secret(
-        params.get("api_base", DEFAULT_API_BASE), f"{label}: litellm_params.api_base", problems
+        params.get("api_base", kind.api_base), f"{label}: litellm_params.api_base", problems
     )
+    api_version = None
+    if provider == "azure":
+        where = f"{label}: litellm_params.api_version"
+        api_version = _resolve_secret(params.get("api_version"), where, problems)
     if api_base and not api_base.startswith(("http://", "https://")):
         problems.append(f"{label}: litellm_params.api_base must be an http(s) URL")
     timeout = _number(params, "timeout", 600.0, f"{label}: litellm_params", problems)
-    if api_key is None or api_base is None:
+    if (kind.needs_key and api_key is None) or api_base is None:
+        return None
+    if provider == "azure" and api_version is None:
         return None
     return Deployment(
         model_name=model_name,
         upstream_model=upstream_model,
         api_base=api_base,
-        api_key=SecretStr(api_key),
+        api_key=SecretStr(api_key) if api_key is not None else None,
+        provider=provider,
+        api_version=api_version,
         timeout_s=timeout or 600.0,
         input_cost_per_token=_number(info, "input_cost_per_token", 0.0, label, problems),
         output_cost_per_token=_number(info, "output_cost_per_token", 0.0, label, problems),
@@ -202,6 +255,30 @@ _LITELLM_DB_ALIASES = {
 }
 
 
+# What this gateway reads; any other key of a LiteLLM file is reported as ignored.
+_TOP_LEVEL_KEYS = {"model_list", "general_settings"}
+_GENERAL_KEYS = {
+    "master_key", "api_keys", "log_mode", "writer", "max_request_body_bytes",
+    "max_request_json_depth", "health_requires_auth", "metrics_requires_auth",
+    *DatabaseSettings.__dataclass_fields__, *_LITELLM_DB_ALIASES,
+}  # fmt: skip
+_PARAMS_KEYS = {"model", "api_base", "api_key", "api_version", "timeout"}
+_MODEL_INFO_KEYS = {"input_cost_per_token", "output_cost_per_token"}
+
+
+def _unimplemented_keys(raw: dict, general: dict, model_list: list) -> tuple[str, ...]:
+    ignored = [f"{key}" for key in raw if key not in _TOP_LEVEL_KEYS]
+    ignored += [f"general_settings.{key}" for key in general if key not in _GENERAL_KEYS]
+    for index, entry in enumerate(model_list):
+        if not isinstance(entry, dict):
+            continue
+        for section, known in (("litellm_params", _PARAMS_KEYS), ("model_info", _MODEL_INFO_KEYS)):
+            values = entry.get(section)
+            if isinstance(values, dict):
+                ignored += [f"model_list[{index}].{section}.{k}" for k in values if k not in known]
+    return tuple(ignored)
+
+
 def build_config(raw: Any, env: EnvSettings) -> GatewayConfig:
     problems: list[str] = []
     if not isinstance(raw, dict):
@@ -244,7 +321,9 @@ def build_config(raw: Any, env: EnvSettings) -> GatewayConfig:
         )
     if problems:
         raise ConfigError(problems)
+    ignored = _unimplemented_keys(raw, general, model_list)
     return GatewayConfig(
+        ignored_keys=ignored,
         deployments=deployments,
         key_aliases=key_aliases,
         database=database,

@@ -11,6 +11,9 @@ Endpoints
     POST /v1/embeddings         deterministic 8-dimension vectors per input
     POST /v1/responses          Responses API object, or its typed event stream
                                 (fake_endpoints.py)
+    POST /openai/deployments/<d>/{chat/completions,completions,embeddings},
+    POST /openai/responses      the same, as Azure OpenAI serves them (?api-version=
+                                required, key in an api-key header)
     GET  /v1/models             the models from --models
     GET  /health                {"status": "ok"}, never needs a key
 
@@ -225,10 +228,15 @@ def build_reply(messages: list, max_tokens: int | None) -> tuple[list[str], str]
 
 
 def check_auth(request: web.Request, settings: Settings) -> web.Response | None:
+    azure = request.path.startswith("/openai/")
+    if azure and not request.query.get("api-version"):
+        return error_response(404, "Resource not found")  # what Azure answers without it
     if settings.api_key is None:
         return None
-    supplied = request.headers.get("Authorization", "")
-    expected = f"Bearer {settings.api_key}"
+    if azure:  # Azure OpenAI takes the key in an api-key header
+        supplied, expected = request.headers.get("api-key", ""), settings.api_key
+    else:
+        supplied, expected = request.headers.get("Authorization", ""), f"Bearer {settings.api_key}"
     if hmac.compare_digest(supplied.encode(), expected.encode()):
         return None
     return error_response(401, "Incorrect API key provided.")
@@ -500,6 +508,12 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_post("/v1/responses", responses)
+    # Azure OpenAI's paths: the deployment in the path, ?api-version=, an api-key header.
+    deployment = "/openai/deployments/{deployment}"
+    app.router.add_post(deployment + "/chat/completions", chat_completions)
+    app.router.add_post(deployment + "/completions", completions)
+    app.router.add_post(deployment + "/embeddings", embeddings)
+    app.router.add_post("/openai/responses", responses)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/health", health)
     return app

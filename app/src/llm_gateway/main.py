@@ -74,6 +74,8 @@ def create_app(
     # Config errors surface here, at worker boot, naming the entry and the reason.
     env = env or EnvSettings()
     config = config or load_config(env)
+    if config.ignored_keys:
+        emit_event("config_ignored", keys=list(config.ignored_keys))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

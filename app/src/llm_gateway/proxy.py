@@ -264,7 +264,7 @@ def _upstream_payload(ex: Exchange) -> dict:
 
 def _upstream_headers(deployment: Deployment) -> dict[str, str]:
     return {
-        "Authorization": "Bearer " + deployment.api_key.get_secret_value(),
+        **deployment.auth_headers(),
         "Content-Type": "application/json",
         # Uncompressed answers cost neither side CPU for (de)compression, and a gateway
         # next to its clients gains nothing from relaying compressed bytes. An upstream
