@@ -261,7 +261,7 @@ def upstreams(fake_upstream, slow_upstream, dripping_upstream, nginx) -> Upstrea
     return Upstreams(fake_upstream, slow_upstream, dripping_upstream, nginx)
 
 
-def gateway_config(upstreams: Upstreams, **general) -> dict:
+def gateway_config(upstreams: Upstreams, router_settings: dict | None = None, **general) -> dict:
     def entry(name, model, api_base, timeout=30, price=(0.000001, 0.000002)):
         return {
             "model_name": name,
@@ -274,7 +274,7 @@ def gateway_config(upstreams: Upstreams, **general) -> dict:
             "model_info": {"input_cost_per_token": price[0], "output_cost_per_token": price[1]},
         }
 
-    return {
+    config = {
         "model_list": [
             entry("gpt-test", "fake-model", upstreams.fast.api_base),
             entry("balanced", "fake-a", upstreams.fast.api_base),
@@ -286,6 +286,10 @@ def gateway_config(upstreams: Upstreams, **general) -> dict:
             entry("slow-ok", "fake-model", upstreams.slow.api_base),
             entry("nested", "fake-nested-300", upstreams.fast.api_base),
             entry("refusal", "fake-refusal", upstreams.fast.api_base),
+            # One deployment fails, one answers: retries and cooldowns.
+            entry("flaky", "fake-error-503", upstreams.fast.api_base),
+            entry("flaky", "fake-model", upstreams.fast.api_base),
+            entry("ctx-small", "fake-context-exceeded", upstreams.fast.api_base),
             *(
                 entry(f"encoded-{c}", f"fake-encoded-{c}", upstreams.fast.api_base)
                 for c in ("gzip", "deflate", "br", "zstd")
@@ -312,6 +316,9 @@ def gateway_config(upstreams: Upstreams, **general) -> dict:
             **general,
         },
     }
+    if router_settings is not None:
+        config["router_settings"] = router_settings
+    return config
 
 
 @dataclass

@@ -181,8 +181,10 @@ def test_providers_without_a_default_base_need_one(env, params, reason):
 
 def test_litellm_keys_not_implemented_are_named_not_dropped(env, tmp_path):
     config = build_config(yaml.safe_load(LITELLM_FILE), env)
-    assert config.ignored_keys == ("litellm_settings", "router_settings")
+    assert config.ignored_keys == ("litellm_settings", "router_settings.routing_strategy")
     path = tmp_path / "config.yaml"
     path.write_text(LITELLM_FILE)
     ok = run_check_config(path, OPENAI_API_KEY="sk-provider-secret", GATEWAY_MASTER_KEY="m")
-    assert "ignored (not implemented): litellm_settings, router_settings" in ok.stdout
+    assert "ignored (not implemented): litellm_settings, router_settings.routing_strategy" in (
+        ok.stdout
+    )

@@ -35,6 +35,8 @@ EXPECTED_COLUMNS = {
     ("responses", "tokens_used"): ("integer", "YES"),
     ("responses", "cost"): ("numeric", "YES"),
     ("responses", "created_at"): ("timestamp with time zone", "NO"),
+    ("responses", "deployment"): ("character varying", "YES"),
+    ("responses", "attempts"): ("smallint", "YES"),
 }
 
 
@@ -113,4 +115,4 @@ def test_migrate_is_idempotent(pg_cluster, database):
         text=True,
     )
     assert result.returncode == 0, result.stderr
-    assert query(pg_cluster, database, "SELECT version_num FROM alembic_version") == [("0001",)]
+    assert query(pg_cluster, database, "SELECT version_num FROM alembic_version") == [("0002",)]

@@ -13,9 +13,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from llm_gateway.loggable import MAX_LOGGABLE_DEPTH
 from llm_gateway.settings import EnvSettings
@@ -63,11 +64,13 @@ class Deployment:
     upstream_model: str
     api_base: str
     api_key: SecretStr | None
-    timeout_s: float
+    timeout_s: float | None  # None: router_settings.timeout, else DEFAULT_TIMEOUT_S
     input_cost_per_token: float
     output_cost_per_token: float
     provider: str = "openai"
     api_version: str | None = None  # Azure
+    # Names the deployment in the log: model_info.id, else provider/model@host.
+    label: str = ""
 
     def url(self, path: str) -> str:
         """The upstream URL of an endpoint (``path`` like "/chat/completions")."""
@@ -105,6 +108,46 @@ class WriterSettings:
     retry_interval_s: float = 1.0
 
 
+DEFAULT_TIMEOUT_S = 600.0  # LiteLLM's default request timeout
+
+
+class RouterSettings(BaseModel):
+    """``router_settings`` as LiteLLM's Router reads them (its names and defaults)."""
+
+    model_config = ConfigDict(extra="allow")  # extras are reported as ignored
+
+    num_retries: int = Field(default=0, ge=0, le=10)  # further attempts after the first
+    timeout: float | None = Field(default=None, gt=0, le=3600)  # default per-call timeout
+    stream_timeout: float | None = Field(default=None, gt=0, le=3600)
+    allowed_fails: int = Field(default=3, ge=0, le=10_000)  # before a cooldown
+    cooldown_time: float = Field(default=5.0, ge=0, le=3600)  # seconds out of rotation
+    retry_after: float = Field(default=0.0, ge=0, le=60)  # least wait before a retry
+    fallbacks: list[dict[str, list[str]]] = []
+    context_window_fallbacks: list[dict[str, list[str]]] = []
+
+    def fallbacks_for(self, model: str, context_window: bool = False) -> list[str]:
+        table = self.context_window_fallbacks if context_window else self.fallbacks
+        return [name for entry in table for name in entry.get(model, [])]
+
+
+def _router_settings(raw: Any, deployments: dict, problems: list[str]) -> RouterSettings:
+    if raw is None:
+        return RouterSettings()
+    try:
+        settings = RouterSettings.model_validate(raw)
+    except ValidationError as exc:
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            problems.append(f"router_settings.{where}: {error['msg']}")
+        return RouterSettings()
+    for table in (settings.fallbacks, settings.context_window_fallbacks):
+        for entry in table:
+            for name in [*entry, *(n for names in entry.values() for n in names)]:
+                if name not in deployments:
+                    problems.append(f"router_settings fallbacks: no model_name {name!r}")
+    return settings
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     deployments: dict[str, list[Deployment]]
@@ -123,6 +166,7 @@ class GatewayConfig:
     # LiteLLM keys this gateway does not implement, by path: reported at startup and by
     # check-config, never silently dropped.
     ignored_keys: tuple[str, ...] = ()
+    router: RouterSettings = field(default_factory=RouterSettings)
 
 
 def hash_key(key: str) -> str:
@@ -196,7 +240,9 @@ def _parse_deployment(index: int, entry: Any, problems: list[str]) -> Deployment
         api_version = _resolve_secret(params.get("api_version"), where, problems)
     if api_base and not api_base.startswith(("http://", "https://")):
         problems.append(f"{label}: litellm_params.api_base must be an http(s) URL")
-    timeout = _number(params, "timeout", 600.0, f"{label}: litellm_params", problems)
+    timeout = None
+    if params.get("timeout") is not None:
+        timeout = _number(params, "timeout", 600.0, f"{label}: litellm_params", problems) or None
     if (kind.needs_key and api_key is None) or api_base is None:
         return None
     if provider == "azure" and api_version is None:
@@ -208,7 +254,8 @@ def _parse_deployment(index: int, entry: Any, problems: list[str]) -> Deployment
         api_key=SecretStr(api_key) if api_key is not None else None,
         provider=provider,
         api_version=api_version,
-        timeout_s=timeout or 600.0,
+        timeout_s=timeout,
+        label=str(info.get("id") or f"{provider}/{upstream_model}@{urlsplit(api_base).netloc}"),
         input_cost_per_token=_number(info, "input_cost_per_token", 0.0, label, problems),
         output_cost_per_token=_number(info, "output_cost_per_token", 0.0, label, problems),
     )
@@ -256,19 +303,23 @@ _LITELLM_DB_ALIASES = {
 
 
 # What this gateway reads; any other key of a LiteLLM file is reported as ignored.
-_TOP_LEVEL_KEYS = {"model_list", "general_settings"}
+_TOP_LEVEL_KEYS = {"model_list", "general_settings", "router_settings"}
 _GENERAL_KEYS = {
     "master_key", "api_keys", "log_mode", "writer", "max_request_body_bytes",
     "max_request_json_depth", "health_requires_auth", "metrics_requires_auth",
     *DatabaseSettings.__dataclass_fields__, *_LITELLM_DB_ALIASES,
 }  # fmt: skip
 _PARAMS_KEYS = {"model", "api_base", "api_key", "api_version", "timeout"}
-_MODEL_INFO_KEYS = {"input_cost_per_token", "output_cost_per_token"}
+_MODEL_INFO_KEYS = {"id", "input_cost_per_token", "output_cost_per_token"}
 
 
 def _unimplemented_keys(raw: dict, general: dict, model_list: list) -> tuple[str, ...]:
     ignored = [f"{key}" for key in raw if key not in _TOP_LEVEL_KEYS]
     ignored += [f"general_settings.{key}" for key in general if key not in _GENERAL_KEYS]
+    router = raw.get("router_settings")
+    if isinstance(router, dict):
+        known = RouterSettings.model_fields
+        ignored += [f"router_settings.{key}" for key in router if key not in known]
     for index, entry in enumerate(model_list):
         if not isinstance(entry, dict):
             continue
@@ -299,6 +350,7 @@ def build_config(raw: Any, env: EnvSettings) -> GatewayConfig:
             deployments.setdefault(deployment.model_name, []).append(deployment)
 
     key_aliases = _parse_keys(general, env, problems)
+    router = _router_settings(raw.get("router_settings"), deployments, problems)
     database = _dataclass_from(
         DatabaseSettings, general, _LITELLM_DB_ALIASES, "general_settings", problems
     )
@@ -324,6 +376,7 @@ def build_config(raw: Any, env: EnvSettings) -> GatewayConfig:
     ignored = _unimplemented_keys(raw, general, model_list)
     return GatewayConfig(
         ignored_keys=ignored,
+        router=router,
         deployments=deployments,
         key_aliases=key_aliases,
         database=database,

@@ -35,6 +35,7 @@ Per-request controls, for tests
     model "fake-nested-<depth>"   add a field "nested" that many arrays deep to a plain
                                   answer (a misbehaving provider; at most 1000)
     model "fake-refusal"          the model refuses (message.refusal, streamed as deltas)
+    model "fake-context-exceeded" 400 with OpenAI's context_length_exceeded error
     "tools" in the request        the answer calls the first tool with {"text": <last
                                   user message>} (tool_calls; streamed in fragments)
     model "fake-encoded-<coding>" answer (plain or streamed) in that content coding
@@ -78,6 +79,8 @@ ENCODED_MODEL_PREFIX = "fake-encoded-"
 # Parameters OpenAI rejects with a 400 unless they are numbers.
 NUMBER_PARAMETERS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
 REFUSAL_MODEL = "fake-refusal"
+CONTEXT_EXCEEDED_MODEL = "fake-context-exceeded"
+CONTEXT_EXCEEDED = "context_length_exceeded"  # OpenAI's error code
 REFUSAL = "I'm sorry, but I can't help with that request."
 # Streamed tool-call arguments arrive in fragments of this many characters.
 ARGUMENT_FRAGMENT = 8
@@ -136,11 +139,16 @@ def json_response(
 
 
 def error_response(
-    status: int, message: str, headers: dict[str, str] | None = None, param: str | None = None
+    status: int,
+    message: str,
+    headers: dict[str, str] | None = None,
+    param: str | None = None,
+    code: str | None = None,
 ) -> web.Response:
-    kind, code = _ERROR_KINDS.get(
+    kind, default_code = _ERROR_KINDS.get(
         status, ("server_error" if status >= 500 else "invalid_request_error", None)
     )
+    code = code or default_code
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return json_response(body, status=status, headers=headers)
 
@@ -297,6 +305,9 @@ async def admit(request: web.Request, required: str) -> tuple[dict, web.Response
     # Zero latency skips the sleep entirely: even sleep(0) costs a loop iteration.
     if delay > 0:
         await asyncio.sleep(delay)
+    if model == CONTEXT_EXCEEDED_MODEL:
+        message = "This model's maximum context length is 16 tokens. Please reduce the length."
+        return payload, error_response(400, message, param="messages", code=CONTEXT_EXCEEDED)
     status = requested_status(request, model)
     if status is None and settings.error_rate and settings.rng.random() < settings.error_rate:
         status = settings.rng.choice(INJECTED_STATUSES)

@@ -2,30 +2,71 @@
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator
+import time
 from dataclasses import dataclass, field
 
 import aiohttp
 from sqlalchemy import Engine
 
 from llm_gateway.auth import KeyCache
-from llm_gateway.config import Deployment, GatewayConfig
+from llm_gateway.config import DEFAULT_TIMEOUT_S, Deployment, GatewayConfig, RouterSettings
 from llm_gateway.writer import ExchangeWriter
 
 
 class Router:
-    """Round-robin over the deployments that share a model_name (per worker)."""
+    """Which deployments a call tries, in order (per worker, like LiteLLM's Router).
 
-    def __init__(self, deployments: dict[str, list[Deployment]]):
-        self._cycles: dict[str, Iterator[Deployment]] = {
-            name: itertools.cycle(entries) for name, entries in deployments.items()
-        }
+    Deployments sharing a model_name take turns (round robin). A call gets
+    ``num_retries`` further attempts on the model's deployments, then the same on each
+    fallback model_name. A deployment that failed more than ``allowed_fails`` times in a
+    row leaves the rotation for ``cooldown_time`` seconds (unless all of them are out).
+    """
+
+    def __init__(self, deployments: dict[str, list[Deployment]], settings: RouterSettings):
+        self.deployments = deployments
+        self.settings = settings
         self.model_names = sorted(deployments)
+        self._turn = dict.fromkeys(deployments, 0)
+        self._fails: dict[int, int] = {}
+        self._cooling_until: dict[int, float] = {}
 
-    def pick(self, model: str) -> Deployment | None:
-        cycle = self._cycles.get(model)
-        return next(cycle) if cycle is not None else None
+    def has(self, model: str) -> bool:
+        return model in self.deployments
+
+    def _in_rotation(self, model: str) -> list[Deployment]:
+        entries = self.deployments[model]
+        start = self._turn[model]
+        self._turn[model] = (start + 1) % len(entries)
+        ordered = entries[start:] + entries[:start]
+        if not self._cooling_until:
+            return ordered
+        now = time.monotonic()
+        warm = [d for d in ordered if self._cooling_until.get(id(d), 0.0) <= now]
+        return warm or ordered
+
+    def plan(self, model: str, context_window: bool = False) -> list[Deployment]:
+        """The deployments to try for ``model`` (or, with ``context_window``, for its
+        context-window fallbacks only), first to last."""
+        attempts = self.settings.num_retries + 1
+        models = [] if context_window else [model]
+        models += self.settings.fallbacks_for(model, context_window)
+        plan: list[Deployment] = []
+        for name in models:
+            if name in self.deployments:
+                ordered = self._in_rotation(name)
+                plan += [ordered[i % len(ordered)] for i in range(attempts)]
+        return plan
+
+    def succeeded(self, deployment: Deployment) -> None:
+        if self._fails:
+            self._fails.pop(id(deployment), None)
+
+    def failed(self, deployment: Deployment) -> None:
+        key = id(deployment)
+        self._fails[key] = self._fails.get(key, 0) + 1
+        if self._fails[key] > self.settings.allowed_fails:
+            self._cooling_until[key] = time.monotonic() + self.settings.cooldown_time
+            self._fails[key] = 0
 
 
 @dataclass
@@ -36,23 +77,25 @@ class Gateway:
     engine: Engine | None
     router: Router = field(init=False)
     keys: KeyCache = field(init=False)
-    # aiohttp timeouts per deployment, built once instead of per request.
-    timeouts: dict[int, aiohttp.ClientTimeout] = field(default_factory=dict)
+    # aiohttp timeouts per (deployment, streamed), built once instead of per request.
+    timeouts: dict[tuple[int, bool], aiohttp.ClientTimeout] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.router = Router(self.config.deployments)
+        self.router = Router(self.config.deployments, self.config.router)
         self.keys = KeyCache(self.config.key_aliases)
 
-    def timeout_for(self, deployment: Deployment) -> aiohttp.ClientTimeout:
-        key = id(deployment)
+    def timeout_for(self, deployment: Deployment, stream: bool = False) -> aiohttp.ClientTimeout:
+        key = (id(deployment), stream)
         timeout = self.timeouts.get(key)
         if timeout is None:
+            router = self.config.router
+            seconds = deployment.timeout_s or router.timeout or DEFAULT_TIMEOUT_S
+            if stream and router.stream_timeout:
+                seconds = router.stream_timeout
             # sock_read bounds each wait for bytes, so long streams are fine while
             # a stalled upstream still times out.
             timeout = aiohttp.ClientTimeout(
-                total=None,
-                sock_connect=min(10.0, deployment.timeout_s),
-                sock_read=deployment.timeout_s,
+                total=None, sock_connect=min(10.0, seconds), sock_read=seconds
             )
             self.timeouts[key] = timeout
         return timeout

@@ -30,12 +30,14 @@ _TEXT_FIELDS = {
     "model": None,
     "key_alias": None,
     "user": None,
+    "deployment": None,
 }
 _INT_FIELDS = {
     "status_code": 0,
     "prompt_tokens": None,
     "completion_tokens": None,
     "tokens_used": None,
+    "attempts": None,
 }
 _NUMBER_FIELDS = {"latency_ms": 0.0, "cost": None}
 _MAX_REDUCED_TEXT = 255

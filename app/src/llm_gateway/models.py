@@ -12,6 +12,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     Numeric,
+    SmallInteger,
     String,
     Text,
     func,
@@ -67,3 +68,7 @@ class ResponseRecord(Base):
     tokens_used: Mapped[int | None] = mapped_column(Integer)
     cost: Mapped[Decimal | None] = mapped_column(Numeric(12, 6))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # The deployment (model_info.id, else provider/model@host) that gave this answer, and
+    # the upstream calls it took (retries and fallbacks included).
+    deployment: Mapped[str | None] = mapped_column(String(255))
+    attempts: Mapped[int | None] = mapped_column(SmallInteger)

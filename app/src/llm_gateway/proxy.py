@@ -29,6 +29,7 @@ from llm_gateway.errors import error_body, error_response
 from llm_gateway.gateway import Gateway
 from llm_gateway.loggable import nesting_exceeds
 from llm_gateway.redaction import logged_url, redacted_headers
+from llm_gateway.upstream import Attempt, call_with_retries
 
 ROUTE = CHAT.path
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class Exchange:
     body: Any = None
     model: str | None = None
     deployment: Deployment | None = None
+    attempts: int = 0  # upstream calls made (retries and fallbacks included)
 
     def record(self, status: int, response_body: Any, usage: Any, latency_s: float) -> dict:
         """The row pair for the writer (plain dict: it may be spooled as JSON)."""
@@ -110,6 +112,8 @@ class Exchange:
             "completion_tokens": completion,
             "tokens_used": total,
             "cost": cost,
+            "deployment": self.deployment.label if self.deployment is not None else None,
+            "attempts": self.attempts or None,
         }
 
     def headers(self, overhead_s: float, latency_s: float) -> dict[str, str]:
@@ -242,8 +246,7 @@ async def _forward_call(gateway: Gateway, ex: Exchange) -> Response:
     if problem:
         return await _reject(gateway, ex, 400, problem, "invalid_request", param)
     ex.model = ex.body["model"]
-    ex.deployment = gateway.router.pick(ex.model)
-    if ex.deployment is None:
+    if not gateway.router.has(ex.model):
         message = f"model {ex.model[:100]!r} is not configured"  # do not echo huge input
         return await _reject(gateway, ex, 404, message, "model_not_found", "model")
     if ex.body.get("stream") and ex.endpoint.streams:
@@ -254,24 +257,6 @@ async def _forward_call(gateway: Gateway, ex: Exchange) -> Response:
 async def _reject(gateway, ex, status, message, code, param=None) -> Response:
     body = error_body(status, message, code, param)
     return _json_response(status, body, await _log(gateway, ex, status, body, None))
-
-
-def _upstream_payload(ex: Exchange) -> dict:
-    payload = dict(ex.body)
-    payload["model"] = ex.deployment.upstream_model
-    return payload
-
-
-def _upstream_headers(deployment: Deployment) -> dict[str, str]:
-    return {
-        **deployment.auth_headers(),
-        "Content-Type": "application/json",
-        # Uncompressed answers cost neither side CPU for (de)compression, and a gateway
-        # next to its clients gains nothing from relaying compressed bytes. An upstream
-        # or proxy that compresses anyway is decoded by the client session (gzip,
-        # deflate, br, zstd), so what is relayed and logged is always the JSON.
-        "Accept-Encoding": "identity",
-    }
 
 
 def _map_upstream_error(status: int, raw: bytes) -> tuple[int, dict]:
@@ -307,76 +292,57 @@ def _transport_error(exc: BaseException) -> tuple[int, dict]:
     )
 
 
-async def _forward(gateway: Gateway, ex: Exchange) -> Response:
-    deployment = ex.deployment
-    try:
-        async with gateway.session.post(
-            deployment.url(ex.endpoint.upstream_path),
-            data=orjson.dumps(_upstream_payload(ex)),
-            headers=_upstream_headers(deployment),
-            timeout=gateway.timeout_for(deployment),
-        ) as upstream:
-            raw = await upstream.read()
-            status = upstream.status
-            retry_after = upstream.headers.get("Retry-After")
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        status, body = _transport_error(exc)
+async def _attempt(gateway: Gateway, ex: Exchange, payload: dict, stream: bool) -> Attempt:
+    attempt, ex.deployment, ex.attempts = await call_with_retries(
+        gateway, ex.model, ex.endpoint.upstream_path, payload, stream
+    )
+    return attempt
+
+
+async def _answer_failure(gateway: Gateway, ex: Exchange, attempt: Attempt) -> Response:
+    if attempt.error is not None:
+        status, body = _transport_error(attempt.error)
         return _json_response(status, body, await _log(gateway, ex, status, body, None))
+    status, body = _map_upstream_error(attempt.status, attempt.raw)
+    return await _upstream_error_response(gateway, ex, status, body, attempt.retry_after)
 
-    if status == 200:
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            status, body = 502, error_body(502, "upstream sent invalid JSON", "upstream_bad_json")
-            raw = orjson.dumps(body)
-        usage = body.get("usage") if isinstance(body, dict) else None
-        if isinstance(body, dict) and _client_left(ex.request):
-            # Nobody received the answer; log it (the upstream charged for it) as a 499.
-            status, body = 499, {**body, "error": _CLIENT_LEFT["error"]}
-        headers = await _log(gateway, ex, status, body, usage)
-        # Relay the upstream's bytes as-is: no re-serialisation on the hot path.
-        return Response(raw, status, headers=headers, media_type="application/json")
 
-    status, body = _map_upstream_error(status, raw)
-    return await _upstream_error_response(gateway, ex, status, body, retry_after)
+async def _forward(gateway: Gateway, ex: Exchange) -> Response:
+    attempt = await _attempt(gateway, ex, ex.body, stream=False)
+    if attempt.status != 200:
+        return await _answer_failure(gateway, ex, attempt)
+    raw, status = attempt.raw, 200
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        status, body = 502, error_body(502, "upstream sent invalid JSON", "upstream_bad_json")
+        raw = orjson.dumps(body)
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if isinstance(body, dict) and _client_left(ex.request):
+        # Nobody received the answer; log it (the upstream charged for it) as a 499.
+        status, body = 499, {**body, "error": _CLIENT_LEFT["error"]}
+    headers = await _log(gateway, ex, status, body, usage)
+    # Relay the upstream's bytes as-is: no re-serialisation on the hot path.
+    return Response(raw, status, headers=headers, media_type="application/json")
 
 
 async def _stream(gateway: Gateway, ex: Exchange) -> Response:
-    deployment = ex.deployment
-    payload = _upstream_payload(ex)
+    payload = ex.body
     client_wants_usage = True
     if ex.endpoint.stream_usage_option:
         stream_options = payload.get("stream_options")
         stream_options = dict(stream_options) if isinstance(stream_options, dict) else {}
         client_wants_usage = bool(stream_options.get("include_usage"))
         # Always ask for usage so the logged row has token counts and cost.
-        payload["stream_options"] = {**stream_options, "include_usage": True}
-    try:
-        upstream = await gateway.session.post(
-            deployment.url(ex.endpoint.upstream_path),
-            data=orjson.dumps(payload),
-            headers=_upstream_headers(deployment),
-            timeout=gateway.timeout_for(deployment),
-        )
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        status, body = _transport_error(exc)
-        return _json_response(status, body, await _log(gateway, ex, status, body, None))
-    if upstream.status != 200:
-        try:
-            raw = await upstream.read()
-        except (TimeoutError, aiohttp.ClientError):
-            raw = b""
-        finally:
-            upstream.release()
-        status, body = _map_upstream_error(upstream.status, raw)
-        retry_after = upstream.headers.get("Retry-After")
-        return await _upstream_error_response(gateway, ex, status, body, retry_after)
-
+        payload = {**payload, "stream_options": {**stream_options, "include_usage": True}}
+    attempt = await _attempt(gateway, ex, payload, stream=True)
+    if attempt.stream is None:
+        return await _answer_failure(gateway, ex, attempt)
     # Headers go out before the body exists, so they carry the time to first byte; the
     # exchange is logged when the stream ends (its cost shows in the db_overhead metric).
     headers = ex.headers(0.0, time.perf_counter() - ex.t0)
     return StreamingResponse(
-        _relay(gateway, ex, upstream, client_wants_usage),
+        _relay(gateway, ex, attempt.stream, client_wants_usage),
         media_type="text/event-stream",
         headers={**headers, "Cache-Control": "no-cache"},
     )

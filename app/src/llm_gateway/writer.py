@@ -59,7 +59,8 @@ WITH data AS (
         request_id text, route text, method text, url text, headers jsonb, body jsonb,
         model text, status_code integer, key_alias text, "user" text, started_at float8,
         response_body jsonb, latency_ms float8, prompt_tokens integer,
-        completion_tokens integer, tokens_used integer, cost float8)
+        completion_tokens integer, tokens_used integer, cost float8, deployment text,
+        attempts smallint)
 ), ins AS (
     INSERT INTO requests (request_id, route, method, url, headers, body, model,
                           status_code, key_alias, "user", created_at)
@@ -70,10 +71,11 @@ WITH data AS (
     RETURNING id, request_id
 )
 INSERT INTO responses (request_id_fk, response_body, status_code, latency_ms, prompt_tokens,
-                       completion_tokens, tokens_used, cost, created_at)
+                       completion_tokens, tokens_used, cost, created_at, deployment, attempts)
 SELECT ins.id, d.response_body, d.status_code, round(d.latency_ms::numeric, 2),
        d.prompt_tokens, d.completion_tokens, d.tokens_used, d.cost,
-       to_timestamp(d.started_at) + d.latency_ms * interval '1 millisecond'
+       to_timestamp(d.started_at) + d.latency_ms * interval '1 millisecond',
+       d.deployment, d.attempts
 FROM data AS d JOIN ins USING (request_id)
 """
 )

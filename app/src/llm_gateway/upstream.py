@@ -1,0 +1,131 @@
+"""Calling the upstream: one attempt, and the retries and fallbacks around it.
+
+A call tries the deployments the router plans (router_settings: ``num_retries`` further
+attempts over the model's deployments, then each fallback model_name). Only failures
+that another attempt may cure are retried: no answer at all (connection, timeout), 408,
+409, 429 and 5xx. A 400 that says the context window was exceeded switches to the
+model's ``context_window_fallbacks``. Moving on to an untried deployment happens at once;
+trying one again waits first (exponential, at least ``retry_after``, and at least what
+the upstream's Retry-After asked, up to MAX_WAIT_S). A stream is retried only until the
+upstream answered 200: once bytes go to the client, the answer is that deployment's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import orjson
+
+from llm_gateway.config import Deployment, RouterSettings
+
+if TYPE_CHECKING:
+    from llm_gateway.gateway import Gateway
+
+RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+MAX_WAIT_S = 10.0
+FIRST_BACKOFF_S = 0.1
+
+
+@dataclass
+class Attempt:
+    status: int  # the upstream's, or 0 when it did not answer (see error)
+    raw: bytes = b""
+    retry_after: str | None = None
+    stream: aiohttp.ClientResponse | None = None  # open response of a 200 stream
+    error: BaseException | None = None
+
+    @property
+    def retryable(self) -> bool:
+        return self.error is not None or self.status in RETRYABLE_STATUSES
+
+    @property
+    def context_window_exceeded(self) -> bool:
+        if self.status != 400:
+            return False
+        try:
+            error = orjson.loads(self.raw).get("error") or {}
+        except (orjson.JSONDecodeError, AttributeError):
+            return False
+        message = str(error.get("message", "")).lower() if isinstance(error, dict) else ""
+        code = error.get("code") if isinstance(error, dict) else None
+        return code == "context_length_exceeded" or "context length" in message
+
+
+def upstream_headers(deployment: Deployment) -> dict[str, str]:
+    return {
+        **deployment.auth_headers(),
+        "Content-Type": "application/json",
+        # Uncompressed answers cost neither side CPU for (de)compression, and a gateway
+        # next to its clients gains nothing from relaying compressed bytes. An upstream
+        # or proxy that compresses anyway is decoded by the client session (gzip,
+        # deflate, br, zstd), so what is relayed and logged is always the JSON.
+        "Accept-Encoding": "identity",
+    }
+
+
+async def call(
+    gateway: Gateway, deployment: Deployment, path: str, payload: dict[str, Any], stream: bool
+) -> Attempt:
+    """One attempt. A 200 stream comes back open; everything else is read and closed."""
+    try:
+        upstream = await gateway.session.post(
+            deployment.url(path),
+            data=orjson.dumps({**payload, "model": deployment.upstream_model}),
+            headers=upstream_headers(deployment),
+            timeout=gateway.timeout_for(deployment, stream),
+        )
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        return Attempt(0, error=exc)
+    if stream and upstream.status == 200:
+        return Attempt(200, stream=upstream)
+    try:
+        raw = await upstream.read()
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        return Attempt(0, error=exc)
+    finally:
+        upstream.release()
+    return Attempt(upstream.status, raw, upstream.headers.get("Retry-After"))
+
+
+def wait_before_retry(attempt: Attempt, retries_so_far: int, settings: RouterSettings) -> float:
+    backoff = FIRST_BACKOFF_S * 2**retries_so_far
+    asked = 0.0
+    if attempt.retry_after:
+        try:
+            asked = float(attempt.retry_after)
+        except ValueError:
+            asked = 0.0  # an HTTP date: the backoff has to do
+    return min(MAX_WAIT_S, max(backoff, settings.retry_after, asked))
+
+
+async def call_with_retries(
+    gateway: Gateway, model: str, path: str, payload: dict[str, Any], stream: bool
+) -> tuple[Attempt, Deployment, int]:
+    """(last attempt, the deployment that made it, attempts made)."""
+    router = gateway.router
+    plan = router.plan(model)
+    tried: set[int] = set()
+    context_fallback_used = False
+    attempt: Attempt | None = None
+    made = 0
+    while plan:
+        deployment = plan.pop(0)
+        if id(deployment) in tried and attempt is not None:
+            await asyncio.sleep(wait_before_retry(attempt, made - 1, router.settings))
+        tried.add(id(deployment))
+        made += 1
+        attempt = await call(gateway, deployment, path, payload, stream)
+        if attempt.status == 200:
+            router.succeeded(deployment)
+            return attempt, deployment, made
+        if attempt.context_window_exceeded and not context_fallback_used:
+            context_fallback_used = True
+            plan = router.plan(model, context_window=True)
+            continue
+        if not attempt.retryable:
+            return attempt, deployment, made
+        router.failed(deployment)
+    return attempt, deployment, made

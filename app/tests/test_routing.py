@@ -1,0 +1,100 @@
+"""router_settings as LiteLLM users write them: retries, cooldowns, fallbacks, timeouts.
+
+Every exchange is logged once, with the deployment that answered and the attempts it took.
+"""
+
+import time
+
+import pytest
+
+from conftest import query
+from helpers import CHAT_BODY, wait_until
+
+
+def logged(pg_cluster, database, request_id):
+    sql = (
+        "SELECT r.status_code, p.deployment, p.attempts FROM requests r"
+        " JOIN responses p ON p.request_id_fk = r.id WHERE r.request_id = %s"
+    )
+    rows = wait_until(lambda: query(pg_cluster, database, sql, (request_id,)))
+    assert len(rows) == 1
+    return rows[0]
+
+
+def chat(gw, model: str, **extra):
+    reply = gw.call("POST", "/v1/chat/completions", {**CHAT_BODY, "model": model, **extra})
+    return reply, reply.headers["x-request-id"]
+
+
+def test_a_failing_deployment_is_retried_elsewhere_then_cooled_down(
+    start_gateway, pg_cluster, database, upstreams
+):
+    router = {"num_retries": 1, "allowed_fails": 0, "cooldown_time": 60}
+    gw = start_gateway(pg_cluster.url(database), router_settings=router)
+    answers = [chat(gw, "flaky") for _ in range(4)]
+    assert [reply.status for reply, _ in answers] == [200] * 4
+    rows = [logged(pg_cluster, database, request_id) for _, request_id in answers]
+    answering = f"openai/fake-model@127.0.0.1:{upstreams.fast.port}"
+    assert {deployment for _, deployment, _ in rows} == {answering}
+    # The first call met the failing deployment first (round robin starts there); after
+    # one failure it left the rotation, so every later call needed one attempt.
+    assert [attempts for _, _, attempts in rows] == [2, 1, 1, 1]
+
+
+def test_without_retries_the_failure_is_the_answer(start_gateway, pg_cluster, database):
+    gw = start_gateway(pg_cluster.url(database))  # num_retries defaults to 0, as LiteLLM's
+    reply, request_id = chat(gw, "flaky")
+    assert reply.status == 502
+    assert logged(pg_cluster, database, request_id)[2] == 1
+
+
+def test_fallbacks_answer_when_every_deployment_fails(start_gateway, pg_cluster, database):
+    router = {"num_retries": 1, "fallbacks": [{"upstream-500": ["gpt-test"]}]}
+    gw = start_gateway(pg_cluster.url(database), router_settings=router)
+    for stream in (False, True):
+        reply, request_id = chat(gw, "upstream-500", stream=stream)
+        assert reply.status == 200
+        status, deployment, attempts = logged(pg_cluster, database, request_id)
+        assert (status, attempts) == (200, 3)  # two on the model, one on its fallback
+        assert deployment.startswith("openai/fake-model@")
+
+
+def test_a_client_error_is_not_retried(start_gateway, pg_cluster, database):
+    gw = start_gateway(pg_cluster.url(database), router_settings={"num_retries": 3})
+    reply, request_id = chat(gw, "upstream-400")
+    assert reply.status == 400
+    assert logged(pg_cluster, database, request_id)[2] == 1
+
+
+def test_retry_after_is_honoured_before_trying_the_same_deployment_again(
+    start_gateway, pg_cluster, database
+):
+    gw = start_gateway(pg_cluster.url(database), router_settings={"num_retries": 1})
+    started = time.monotonic()
+    reply, request_id = chat(gw, "upstream-429")  # the fake sends Retry-After: 1
+    assert time.monotonic() - started >= 1.0
+    assert reply.status == 429 and reply.headers["retry-after"] == "1"
+    assert logged(pg_cluster, database, request_id)[2] == 2
+
+
+def test_context_window_fallbacks(start_gateway, pg_cluster, database):
+    router = {"context_window_fallbacks": [{"ctx-small": ["gpt-test"]}],
+              "fallbacks": [{"ctx-small": ["upstream-500"]}]}  # fmt: skip
+    gw = start_gateway(pg_cluster.url(database), router_settings=router)
+    reply, request_id = chat(gw, "ctx-small")
+    assert reply.status == 200
+    _, deployment, attempts = logged(pg_cluster, database, request_id)
+    assert attempts == 2 and deployment.startswith("openai/fake-model@")
+
+
+@pytest.mark.parametrize(
+    ("router", "problem"),
+    [
+        ({"num_retries": -1}, "router_settings.num_retries"),
+        ({"fallbacks": [{"gpt-test": ["no-such-model"]}]}, "no model_name 'no-such-model'"),
+        ({"cooldown_time": "soon"}, "router_settings.cooldown_time"),
+    ],
+)
+def test_bad_router_settings_stop_startup(start_gateway, pg_cluster, database, router, problem):
+    with pytest.raises(RuntimeError, match=problem):
+        start_gateway(pg_cluster.url(database), router_settings=router)
