@@ -46,7 +46,7 @@ def test_litellm_file_is_accepted_unchanged(env):
     assert entries[0].timeout_s == 60
     assert config.database.pool_size == 7
     assert sorted(config.key_aliases.values()) == ["master", "team-a"]
-    assert config.log_mode == "async"
+    assert config.service.log_mode == "async"
 
 
 @pytest.mark.parametrize(
@@ -188,3 +188,29 @@ def test_litellm_keys_not_implemented_are_named_not_dropped(env, tmp_path):
     assert "ignored (not implemented): litellm_settings, router_settings.routing_strategy" in (
         ok.stdout
     )
+
+
+def test_settings_are_typed_bounded_and_named_by_path(env):
+    raw = yaml.safe_load(LITELLM_FILE)
+    raw["general_settings"].update(
+        health_requires_auth="false",  # a string from a templated file: still False
+        metrics_requires_auth="yes",
+        writer={"batch_size": 0, "flush_intervall_ms": 5},  # out of bounds, misspelled
+        pool_size=1000,
+    )
+    with pytest.raises(ConfigError) as raised:
+        build_config(raw, env)
+    problems = "\n".join(raised.value.problems)
+    assert "general_settings.writer.batch_size: Input should be greater than or equal to 1" in (
+        problems
+    )
+    assert "general_settings.writer.flush_intervall_ms: Extra inputs are not permitted" in (
+        problems
+    )
+    assert "general_settings.pool_size: Input should be less than or equal to 100" in problems
+
+    raw["general_settings"].update(writer={}, pool_size=10)
+    config = build_config(raw, env)
+    assert config.service.health_requires_auth is False
+    assert config.service.metrics_requires_auth is True
+    assert config.database.pool_size == 10

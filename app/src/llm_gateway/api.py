@@ -35,7 +35,7 @@ def require_key(request: Request) -> str:
 
 def _optional_key(flag: str):
     def check(request: Request) -> None:
-        if getattr(_gateway(request).config, flag):
+        if getattr(_gateway(request).config.service, flag):
             require_key(request)
 
     return check
@@ -141,7 +141,7 @@ async def health(request: Request) -> JSONResponse:
             "lost": stats["lost"],
             "restarts": stats["restarts"],
         },
-        "log_mode": gateway.config.log_mode,
+        "log_mode": gateway.config.service.log_mode,
     }
     return JSONResponse(body, status_code=503 if problems else 200)
 
@@ -168,7 +168,7 @@ def db_stats(request: Request) -> dict:
         "rows": _query(gateway, counts),
         "pool": _pool_state(gateway),
         "writer": gateway.writer.snapshot(),
-        "log_mode": gateway.config.log_mode,
+        "log_mode": gateway.config.service.log_mode,
     }
 
 

@@ -62,7 +62,7 @@ def _check_config(args: argparse.Namespace) -> int:
     print(f"keys: {', '.join(sorted(config.key_aliases.values())) or 'none'}")
     if config.ignored_keys:
         print(f"ignored (not implemented): {', '.join(config.ignored_keys)}")
-    print(f"log_mode: {config.log_mode}; config OK")
+    print(f"log_mode: {config.service.log_mode}; config OK")
     return 0
 
 

@@ -90,22 +90,43 @@ class Deployment:
         return {"Authorization": "Bearer " + self.api_key.get_secret_value()}
 
 
-@dataclass(frozen=True)
-class DatabaseSettings:
-    pool_size: int = 5
-    max_overflow: int = 5
-    pool_recycle: int = 1800
+class DatabaseSettings(BaseModel):
+    """SQLAlchemy pool and libpq settings, flat in general_settings (LiteLLM's
+    database_connection_* names work too)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    pool_size: int = Field(default=5, ge=1, le=100)
+    max_overflow: int = Field(default=5, ge=0, le=100)
+    pool_recycle: int = Field(default=1800, ge=-1, le=86_400)
     pool_pre_ping: bool = True
-    pool_timeout: float = 10.0
-    connect_timeout: int = 5
+    pool_timeout: float = Field(default=10.0, gt=0, le=300)
+    connect_timeout: int = Field(default=5, ge=1, le=300)
 
 
-@dataclass(frozen=True)
-class WriterSettings:
-    queue_size: int = 10_000
-    batch_size: int = 500
-    flush_interval_ms: float = 20.0
-    retry_interval_s: float = 1.0
+class WriterSettings(BaseModel):
+    """general_settings.writer: the exchange writer's queue and batches."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    queue_size: int = Field(default=10_000, ge=1, le=1_000_000)
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    flush_interval_ms: float = Field(default=20.0, ge=0, le=10_000)
+    retry_interval_s: float = Field(default=1.0, gt=0, le=300)
+
+
+class ServiceSettings(BaseModel):
+    """The rest of general_settings that the gateway reads (LiteLLM's other keys are
+    reported as ignored)."""
+
+    log_mode: Literal["async", "sync"] = "async"
+    health_requires_auth: bool = False
+    metrics_requires_auth: bool = False
+    max_request_body_bytes: int = Field(default=1024 * 1024, ge=1, le=64 * 1024 * 1024)
+    # Deepest nesting of a request body (containers, the body itself counting as one).
+    # Far above what clients send (a chat body nests 3-5 levels, tool schemas a few more)
+    # and within what the log can store.
+    max_request_json_depth: int = Field(default=128, ge=1, le=MAX_LOGGABLE_DEPTH)
 
 
 DEFAULT_TIMEOUT_S = 600.0  # LiteLLM's default request timeout
@@ -131,15 +152,7 @@ class RouterSettings(BaseModel):
 
 
 def _router_settings(raw: Any, deployments: dict, problems: list[str]) -> RouterSettings:
-    if raw is None:
-        return RouterSettings()
-    try:
-        settings = RouterSettings.model_validate(raw)
-    except ValidationError as exc:
-        for error in exc.errors():
-            where = ".".join(str(part) for part in error["loc"])
-            problems.append(f"router_settings.{where}: {error['msg']}")
-        return RouterSettings()
+    settings = _validated(RouterSettings, raw or {}, "router_settings", problems)
     for table in (settings.fallbacks, settings.context_window_fallbacks):
         for entry in table:
             for name in [*entry, *(n for names in entry.values() for n in names)]:
@@ -155,14 +168,7 @@ class GatewayConfig:
     key_aliases: dict[str, str]
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     writer: WriterSettings = field(default_factory=WriterSettings)
-    log_mode: Literal["async", "sync"] = "async"
-    health_requires_auth: bool = False
-    metrics_requires_auth: bool = False
-    max_request_body_bytes: int = 1024 * 1024
-    # Deepest nesting of a request body (containers, the body itself counting as one).
-    # Far above what clients send (a chat body nests 3-5 levels, tool schemas a few more)
-    # and within what the log can store (loggable.MAX_LOGGABLE_DEPTH).
-    max_request_json_depth: int = 128
+    service: ServiceSettings = field(default_factory=ServiceSettings)
     # LiteLLM keys this gateway does not implement, by path: reported at startup and by
     # check-config, never silently dropped.
     ignored_keys: tuple[str, ...] = ()
@@ -280,19 +286,16 @@ def _parse_keys(general: dict, env: EnvSettings, problems: list[str]) -> dict[st
     return aliases
 
 
-def _dataclass_from(cls: type, raw: dict, aliases: dict[str, str], where: str, problems: list):
-    """Fill a settings dataclass from ``raw`` (accepting LiteLLM's names via ``aliases``)."""
-    values = {}
-    for name, default in cls.__dataclass_fields__.items():
-        keys = [name] + [alias for alias, target in aliases.items() if target == name]
-        for key in keys:
-            if key in raw:
-                try:
-                    values[name] = type(default.default)(raw[key])
-                except (TypeError, ValueError):
-                    problems.append(f"{where}.{key}: invalid value {raw[key]!r}")
-                break
-    return cls(**values)
+def _validated(model: type[BaseModel], raw: Any, where: str, problems: list[str]):
+    """``model`` from ``raw``; each problem, named by its path, goes to ``problems`` (then
+    the defaults stand in, so the other checks still run)."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        for error in exc.errors():
+            path = ".".join(str(part) for part in error["loc"])
+            problems.append(f"{where}.{path}: {error['msg']}")
+        return model()
 
 
 # LiteLLM's own general_settings names for the same knobs, so its files work unchanged.
@@ -307,7 +310,7 @@ _TOP_LEVEL_KEYS = {"model_list", "general_settings", "router_settings"}
 _GENERAL_KEYS = {
     "master_key", "api_keys", "log_mode", "writer", "max_request_body_bytes",
     "max_request_json_depth", "health_requires_auth", "metrics_requires_auth",
-    *DatabaseSettings.__dataclass_fields__, *_LITELLM_DB_ALIASES,
+    *DatabaseSettings.model_fields, *ServiceSettings.model_fields, *_LITELLM_DB_ALIASES,
 }  # fmt: skip
 _PARAMS_KEYS = {"model", "api_base", "api_key", "api_version", "timeout"}
 _MODEL_INFO_KEYS = {"id", "input_cost_per_token", "output_cost_per_token"}
@@ -351,41 +354,28 @@ def build_config(raw: Any, env: EnvSettings) -> GatewayConfig:
 
     key_aliases = _parse_keys(general, env, problems)
     router = _router_settings(raw.get("router_settings"), deployments, problems)
-    database = _dataclass_from(
-        DatabaseSettings, general, _LITELLM_DB_ALIASES, "general_settings", problems
+    database_raw = {
+        _LITELLM_DB_ALIASES.get(key, key): value
+        for key, value in general.items()
+        if key in DatabaseSettings.model_fields or key in _LITELLM_DB_ALIASES
+    }
+    database = _validated(DatabaseSettings, database_raw, "general_settings", problems)
+    writer = _validated(
+        WriterSettings, general.get("writer") or {}, "general_settings.writer", problems
     )
-    writer = _dataclass_from(WriterSettings, general.get("writer") or {}, {}, "writer", problems)
-    log_mode = general.get("log_mode", "async")
-    if log_mode not in ("async", "sync"):
-        problems.append(f"general_settings.log_mode: must be 'async' or 'sync' ({log_mode!r})")
-    limit = general.get("max_request_body_bytes", 1024 * 1024)
-    if not isinstance(limit, int) or limit <= 0:
-        problems.append("general_settings.max_request_body_bytes: must be a positive integer")
-    depth = general.get("max_request_json_depth", GatewayConfig.max_request_json_depth)
-    if (
-        isinstance(depth, bool)
-        or not isinstance(depth, int)
-        or not 1 <= depth <= MAX_LOGGABLE_DEPTH
-    ):
-        problems.append(
-            "general_settings.max_request_json_depth: must be an integer from 1 to "
-            f"{MAX_LOGGABLE_DEPTH} (the deepest body the log can store)"
-        )
+    service_raw = {k: v for k, v in general.items() if k in ServiceSettings.model_fields}
+    service = _validated(ServiceSettings, service_raw, "general_settings", problems)
     if problems:
         raise ConfigError(problems)
     ignored = _unimplemented_keys(raw, general, model_list)
     return GatewayConfig(
-        ignored_keys=ignored,
-        router=router,
         deployments=deployments,
         key_aliases=key_aliases,
         database=database,
         writer=writer,
-        log_mode=log_mode,
-        health_requires_auth=bool(general.get("health_requires_auth", False)),
-        metrics_requires_auth=bool(general.get("metrics_requires_auth", False)),
-        max_request_body_bytes=limit,
-        max_request_json_depth=depth,
+        router=router,
+        service=service,
+        ignored_keys=ignored,
     )
 
 

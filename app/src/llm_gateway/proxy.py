@@ -170,7 +170,7 @@ async def _log(gateway: Gateway, ex: Exchange, status: int, body: Any, usage: An
     latency = time.perf_counter() - ex.t0
     log_start = time.perf_counter()
     record = ex.record(status, body, usage, latency)
-    if gateway.config.log_mode == "sync":
+    if gateway.config.service.log_mode == "sync":
         await gateway.writer.commit_now(record)
     else:
         gateway.writer.submit(record)
@@ -220,7 +220,7 @@ async def _forward_call(gateway: Gateway, ex: Exchange) -> Response:
             headers=ex.headers(0.0, time.perf_counter() - ex.t0),
         )
     try:
-        raw = await _read_body(request, gateway.config.max_request_body_bytes)
+        raw = await _read_body(request, gateway.config.service.max_request_body_bytes)
     except ClientDisconnect:
         return Response(status_code=499)  # nobody is left to read it; nothing to log
     except BodyTooLarge:
@@ -228,17 +228,17 @@ async def _forward_call(gateway: Gateway, ex: Exchange) -> Response:
             gateway,
             ex,
             413,
-            f"request body exceeds {gateway.config.max_request_body_bytes} bytes",
+            f"request body exceeds {gateway.config.service.max_request_body_bytes} bytes",
             "request_too_large",
         )
     try:
         ex.body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return await _reject(gateway, ex, 400, "request body is not valid JSON", "invalid_json")
-    if nesting_exceeds(ex.body, gateway.config.max_request_json_depth):
+    if nesting_exceeds(ex.body, gateway.config.service.max_request_json_depth):
         # orjson reads deeper JSON than it writes: such a body could be neither forwarded
         # nor logged whole. The 400 row keeps a marker instead of the body.
-        depth = gateway.config.max_request_json_depth
+        depth = gateway.config.service.max_request_json_depth
         ex.body = {"_unloggable": f"nested deeper than {depth} levels"}
         message = f"request body nests deeper than {depth} levels"
         return await _reject(gateway, ex, 400, message, "nesting_too_deep")
