@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 
 from llm_gateway.auth import KeyCache
 from llm_gateway.config import DEFAULT_TIMEOUT_S, Deployment, GatewayConfig, RouterSettings
+from llm_gateway.loggable import DepthCheck
 from llm_gateway.writer import ExchangeWriter
 
 
@@ -77,12 +78,14 @@ class Gateway:
     engine: Engine | None
     router: Router = field(init=False)
     keys: KeyCache = field(init=False)
+    depth_check: DepthCheck = field(init=False)
     # aiohttp timeouts per (deployment, streamed), built once instead of per request.
     timeouts: dict[tuple[int, bool], aiohttp.ClientTimeout] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.router = Router(self.config.deployments, self.config.router)
         self.keys = KeyCache(self.config.key_aliases)
+        self.depth_check = DepthCheck(self.config.service.max_request_json_depth)
 
     def timeout_for(self, deployment: Deployment, stream: bool = False) -> aiohttp.ClientTimeout:
         key = (id(deployment), stream)

@@ -27,7 +27,6 @@ from llm_gateway.config import Deployment
 from llm_gateway.endpoints import CHAT, ENDPOINTS, Endpoint
 from llm_gateway.errors import error_body, error_response
 from llm_gateway.gateway import Gateway
-from llm_gateway.loggable import nesting_exceeds
 from llm_gateway.redaction import logged_url, redacted_headers
 from llm_gateway.upstream import Attempt, call_with_retries
 
@@ -235,7 +234,7 @@ async def _forward_call(gateway: Gateway, ex: Exchange) -> Response:
         ex.body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return await _reject(gateway, ex, 400, "request body is not valid JSON", "invalid_json")
-    if nesting_exceeds(ex.body, gateway.config.service.max_request_json_depth):
+    if gateway.depth_check.exceeded(ex.body):
         # orjson reads deeper JSON than it writes: such a body could be neither forwarded
         # nor logged whole. The 400 row keeps a marker instead of the body.
         depth = gateway.config.service.max_request_json_depth

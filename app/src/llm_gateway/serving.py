@@ -62,7 +62,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.limits = serving_settings()
         self._timer: asyncio.TimerHandle | None = None
-        self._reading_head = True
+        self._reading_head = True  # no head complete yet for the current request
+        self._in_head = False  # a request has begun and its head is incomplete
         self._head_bytes = 0  # received while the head is incomplete
         self._head_size = 0  # parsed: request target and headers
         self._header_count = 0
@@ -104,16 +105,28 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._reading_head:
-            if self._timer is None:  # first byte of a further request on this connection
-                self._arm(self.limits.header_timeout_s, self._head_timed_out)
             self._head_bytes += len(data)
         super().data_received(data)
+        if self.transport.is_closing():
+            return
         # Checked after parsing, so a head and body arriving in one read are not mistaken
         # for a big head; a read is at most 256 KiB, so the parser's work stays bounded.
-        if self._reading_head and self._head_bytes > self.limits.max_head_bytes:
+        if self._in_head and self._head_bytes > self.limits.max_head_bytes:
             limit = self.limits.max_head_bytes
             message = f"request line and headers exceed {limit} bytes"
             self._answer_and_close(431, message, "request_header_fields_too_large")
+        # Timers only for what is still incomplete after this read: a request that came
+        # whole in one read (the usual case) costs no timer at all.
+        elif self._timer is not None:
+            return
+        elif self._in_head:
+            self._arm(self.limits.header_timeout_s, self._head_timed_out)
+        elif not self._reading_head:  # head in, body still coming
+            self._arm(self.limits.body_timeout_s, self._body_timed_out)
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        super().on_message_begin()
 
     def on_url(self, url: bytes) -> None:
         self._head_size += len(url)
@@ -147,9 +160,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._refuse_large_head()
-        self._reading_head = False
+        self._disarm()
+        self._reading_head = self._in_head = False
         self._head_bytes = self._head_size = self._header_count = 0
-        self._arm(self.limits.body_timeout_s, self._body_timed_out)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
