@@ -97,6 +97,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=300, help="per target")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="llmgw-stream-bench-"))
+    work.chmod(0o755)  # the postgres user must reach its data directory inside
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, work, ignore_errors=True)
         procs = Processes(stack, work)
