@@ -248,7 +248,8 @@ def _parse_deployment(index: int, entry: Any, problems: list[str]) -> Deployment
         problems.append(f"{label}: litellm_params.api_base must be an http(s) URL")
     timeout = None
     if params.get("timeout") is not None:
-        timeout = _number(params, "timeout", 600.0, f"{label}: litellm_params", problems) or None
+        where = f"{label}: litellm_params"
+        timeout = _number(params, "timeout", DEFAULT_TIMEOUT_S, where, problems) or None
     if (kind.needs_key and api_key is None) or api_base is None:
         return None
     if provider == "azure" and api_version is None:
@@ -308,8 +309,7 @@ _LITELLM_DB_ALIASES = {
 # What this gateway reads; any other key of a LiteLLM file is reported as ignored.
 _TOP_LEVEL_KEYS = {"model_list", "general_settings", "router_settings"}
 _GENERAL_KEYS = {
-    "master_key", "api_keys", "log_mode", "writer", "max_request_body_bytes",
-    "max_request_json_depth", "health_requires_auth", "metrics_requires_auth",
+    "master_key", "api_keys", "writer",
     *DatabaseSettings.model_fields, *ServiceSettings.model_fields, *_LITELLM_DB_ALIASES,
 }  # fmt: skip
 _PARAMS_KEYS = {"model", "api_base", "api_key", "api_version", "timeout"}

@@ -30,7 +30,6 @@ from llm_gateway.gateway import Gateway
 from llm_gateway.redaction import logged_url, redacted_headers
 from llm_gateway.upstream import Attempt, call_with_retries
 
-ROUTE = CHAT.path
 log = logging.getLogger(__name__)
 
 

@@ -51,6 +51,9 @@ def serving_settings() -> ServingSettings:
     return ServingSettings()
 
 
+_TOO_LARGE = "request_header_fields_too_large"  # the error code of a 431
+
+
 class _HeadRejected(Exception):
     """Raised from a parser callback to stop parsing; the protocol then answers."""
 
@@ -112,9 +115,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # Checked after parsing, so a head and body arriving in one read are not mistaken
         # for a big head; a read is at most 256 KiB, so the parser's work stays bounded.
         if self._in_head and self._head_bytes > self.limits.max_head_bytes:
-            limit = self.limits.max_head_bytes
-            message = f"request line and headers exceed {limit} bytes"
-            self._answer_and_close(431, message, "request_header_fields_too_large")
+            self._answer_and_close(*self._head_too_large())
         # Timers only for what is still incomplete after this read: a request that came
         # whole in one read (the usual case) costs no timer at all.
         elif self._timer is not None:
@@ -132,12 +133,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_size += len(url)
         super().on_url(url)
 
+    def _head_too_large(self) -> tuple[int, str, str]:
+        limit = self.limits.max_head_bytes
+        return 431, f"request line and headers exceed {limit} bytes", _TOO_LARGE
+
     def _refuse_large_head(self) -> None:
         """A head read whole in one go is measured here (data_received cannot tell)."""
         if self._head_size > self.limits.max_head_bytes:
-            limit = self.limits.max_head_bytes
-            message = f"request line and headers exceed {limit} bytes"
-            self._rejection = (431, message, "request_header_fields_too_large")
+            self._rejection = self._head_too_large()
             raise _HeadRejected
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -150,11 +153,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             raise _HeadRejected
         if len(name) + len(value) > self.limits.max_header_bytes:
             limit = self.limits.max_header_bytes
-            self._rejection = (
-                431,
-                f"a header exceeds {limit} bytes",
-                "request_header_fields_too_large",
-            )
+            self._rejection = (431, f"a header exceeds {limit} bytes", _TOO_LARGE)
             raise _HeadRejected
         super().on_header(name, value)
 

@@ -95,26 +95,15 @@ class Spool:
         count = len(lines)
         if not count:
             return 0
-        payload = b"\n".join(lines) + b"\n"
         with self._lock:
-            fd = os.open(self.active, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            try:
-                os.write(fd, payload)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _append_synced(self.active, b"\n".join(lines) + b"\n")
             self.backlog += count
         return count
 
     def add_dead_letter(self, entry: bytes) -> None:
         """Append one dead letter (fsync'd: it is the only copy). Raises OSError."""
         with self._lock:
-            fd = os.open(self.dead_letters, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            try:
-                os.write(fd, entry + b"\n")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _append_synced(self.dead_letters, entry + b"\n")
 
     def replay(
         self,
@@ -161,6 +150,16 @@ class Spool:
 
     def has_backlog(self) -> bool:
         return self.backlog > 0
+
+
+def _append_synced(path: Path, payload: bytes) -> None:
+    """Append and fsync, so an acknowledged write survives a crash."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, payload)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _parse_line(line: bytes) -> tuple[dict[str, Any] | None, str]:

@@ -428,8 +428,7 @@ class ExchangeWriter:
 
     def _quarantine(self, exchange: Any, reason: str) -> dict[str, Any]:
         """Keep the original as a dead letter and return its reduced form for the log."""
-        self.stats["quarantined"] += 1
-        metrics.WRITER_QUARANTINED.inc()
+        self._count_quarantined(1)
         request_id = exchange.get("request_id") if isinstance(exchange, dict) else None
         log.error("writer: exchange %s quarantined: %s", request_id, reason)
         self._dead_letter(exchange, reason)
@@ -439,15 +438,17 @@ class ExchangeWriter:
         """Write what can be kept of ``exchange`` to the dead-letter file, with the reason.
         Falls back to the reduced form and, failing that, to the raw bytes as text."""
         entry: dict[str, Any] = {"reason": reason[:1000], "at": time.time()}
-        candidates = []
         if raw is not None:
-            candidates.append({**entry, "raw": raw.decode("utf-8", "replace")})
+            candidates = [lambda: {**entry, "raw": raw.decode("utf-8", "replace")}]
         else:
-            candidates.append({**entry, "exchange": exchange})
-            candidates.append({**entry, "reduced": reduced_record(exchange, reason)})
+            # The reduced form is built only when the original cannot be written.
+            candidates = [
+                lambda: {**entry, "exchange": exchange},
+                lambda: {**entry, "reduced": reduced_record(exchange, reason)},
+            ]
         for candidate in candidates:
             try:
-                line = encode(candidate)
+                line = encode(candidate())
             except (TypeError, ValueError):
                 continue
             try:
@@ -497,6 +498,10 @@ class ExchangeWriter:
         self.db_ok = False
         self._next_retry = time.monotonic() + self.settings.retry_interval_s
 
+    def _count_quarantined(self, count: int) -> None:
+        self.stats["quarantined"] += count
+        metrics.WRITER_QUARANTINED.inc(count)
+
     def _count_lost(self, count: int) -> None:
         self.stats["lost"] += count
         metrics.EXCHANGES_LOST.inc(count)
@@ -518,8 +523,7 @@ class ExchangeWriter:
 
     def _unreadable_line(self, raw: bytes, reason: str) -> None:
         """A spool line that is no exchange: keep its bytes; its exchange is lost."""
-        self.stats["quarantined"] += 1
-        metrics.WRITER_QUARANTINED.inc()
+        self._count_quarantined(1)
         self._count_lost(1)
         self._dead_letter(None, f"unreadable spool line: {reason}", raw=raw)
 
@@ -538,8 +542,7 @@ class ExchangeWriter:
                 log.exception("writer: replay of %d spooled exchanges failed", len(chunk))
                 for exchange in chunk:
                     self._dead_letter(exchange, f"replay failed: {exc!r}")
-                self.stats["quarantined"] += len(chunk)
-                metrics.WRITER_QUARANTINED.inc(len(chunk))
+                self._count_quarantined(len(chunk))
                 self._count_lost(len(chunk))
                 return
             if not committed:
