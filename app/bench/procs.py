@@ -107,3 +107,42 @@ def start_postgres(stack: contextlib.ExitStack, work: Path) -> str:
     stack.callback(stop_quietly)
     cluster.execute("CREATE DATABASE bench")
     return cluster.url("bench")
+
+
+def migrate(env: dict[str, str]) -> None:
+    done = subprocess.run([*venv_command("llm-gateway", "llm_gateway.cli"), "migrate"],
+                          env=env, capture_output=True, text=True)  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"llm-gateway migrate failed:\n{done.stderr[-2000:]}")
+
+
+def start_fake_upstream(
+    procs: Processes, env: dict[str, str], key: str, port: int, *options: str
+) -> subprocess.Popen:
+    """The fake upstream with zero latency, requiring ``key``; ready when it answers."""
+    cmd = [sys.executable, "-m", "llm_gateway.fake_upstream", "--port", str(port),
+           "--latency-ms", "0", "--jitter-ms", "0", *options]  # fmt: skip
+    upstream = procs.start("upstream", cmd, {**env, "FAKE_UPSTREAM_API_KEY": key})
+    wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/health"), "fake upstream", upstream)
+    return upstream
+
+
+def start_gateway(
+    procs: Processes, log_name: str, env: dict[str, str], port: int, workers: int, app: str
+) -> subprocess.Popen:
+    """gunicorn with the unit's worker class; ready when every worker has connected to
+    the database and health answers."""
+    cmd = [*venv_command("gunicorn", "gunicorn"), "--bind", f"127.0.0.1:{port}",
+           "--workers", str(workers), "--worker-class", "llm_gateway.serving.GatewayWorker",
+           "--graceful-timeout", "30", app]  # fmt: skip
+    gateway = procs.start(log_name, cmd, env)
+    wait_until(
+        lambda: (
+            procs.log_text(log_name).count("db_connected") >= workers
+            and http_ok(f"http://127.0.0.1:{port}/api/health")
+        ),
+        log_name,
+        gateway,
+        timeout=60,
+    )
+    return gateway

@@ -33,10 +33,10 @@ from load import Run, Target, percentile, run_wrk
 from procs import (
     Processes,
     child_pids,
-    http_ok,
+    migrate,
+    start_fake_upstream,
+    start_gateway,
     start_postgres,
-    venv_command,
-    wait_until,
 )
 from throwaway_postgres import free_port  # importable once procs has set sys.path
 
@@ -111,19 +111,13 @@ class Bench:
 
     def migrate(self) -> None:
         self.say("migrating")
-        done = subprocess.run([*venv_command("llm-gateway", "llm_gateway.cli"), "migrate"],
-                              env=self.env, capture_output=True, text=True)  # fmt: skip
-        if done.returncode != 0:
-            raise RuntimeError(f"llm-gateway migrate failed:\n{done.stderr[-2000:]}")
+        migrate(self.env)
 
     def start_upstream(self) -> None:
         self.upstream_port = free_port()
-        cmd = [sys.executable, "-m", "llm_gateway.fake_upstream", "--port",
-               str(self.upstream_port), "--latency-ms", "0", "--jitter-ms", "0"]  # fmt: skip
-        env = {**self.env, "FAKE_UPSTREAM_API_KEY": self.upstream_key}
-        self.upstream = self.procs.start("upstream", cmd, env)
-        url = f"http://127.0.0.1:{self.upstream_port}/health"
-        wait_until(lambda: http_ok(url), "fake upstream", self.upstream)
+        self.upstream = start_fake_upstream(
+            self.procs, self.env, self.upstream_key, self.upstream_port
+        )
         self.direct = Target(
             "direct",
             f"http://127.0.0.1:{self.upstream_port}/v1/chat/completions",
@@ -142,21 +136,7 @@ class Bench:
             "GATEWAY_SPOOL_DIR": str(self.work / f"spool-{mode}"),
             "GATEWAY_MASTER_KEY": self.master_key,
         }
-        cmd = [*venv_command("gunicorn", "gunicorn"), "--bind", f"127.0.0.1:{port}",
-               "--workers", str(WORKERS), "--worker-class", "llm_gateway.serving.GatewayWorker",
-               "--graceful-timeout", "30", self.args.app]  # fmt: skip
-        log_name = f"gateway-{mode}"
-        gateway = self.procs.start(log_name, cmd, env)
-        # Ready when every worker has connected to the database and health answers.
-        wait_until(
-            lambda: (
-                self.procs.log_text(log_name).count("db_connected") >= WORKERS
-                and http_ok(f"http://127.0.0.1:{port}/api/health")
-            ),
-            f"gateway ({mode})",
-            gateway,
-            timeout=60,
-        )
+        gateway = start_gateway(self.procs, f"gateway-{mode}", env, port, WORKERS, self.args.app)
         self.gateway_port = port
         self.gateway_target = Target(
             "gateway",

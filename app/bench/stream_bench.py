@@ -25,14 +25,13 @@ import os
 import secrets
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
-from procs import Processes, child_pids, http_ok, start_postgres, venv_command, wait_until
+from procs import Processes, migrate, start_fake_upstream, start_gateway, start_postgres
 from throwaway_postgres import free_port  # importable once procs has set sys.path
 
 WORDS = " ".join(f"word{i}" for i in range(72))  # about 25 deltas of 3 words
@@ -103,33 +102,17 @@ def main() -> int:
         procs = Processes(stack, work)
         database_url = start_postgres(stack, work)
         env = {**os.environ, "DATABASE_URL": database_url}
-        migrate = [*venv_command("llm-gateway", "llm_gateway.cli"), "migrate"]
-        subprocess.run(migrate, env=env, check=True, capture_output=True)
+        migrate(env)
         upstream_key = "sk-upstream-" + secrets.token_hex(8)
         master_key = "sk-bench-" + secrets.token_hex(16)
         upstream_port = free_port()
-        upstream = procs.start(
-            "upstream",
-            [sys.executable, "-m", "llm_gateway.fake_upstream", "--port", str(upstream_port),
-             "--latency-ms", "0", "--jitter-ms", "0", "--chunk-delay-ms", "0"],
-            {**env, "FAKE_UPSTREAM_API_KEY": upstream_key},
-        )  # fmt: skip
-        wait_until(lambda: http_ok(f"http://127.0.0.1:{upstream_port}/health"), "upstream",
-                   upstream)  # fmt: skip
+        start_fake_upstream(procs, env, upstream_key, upstream_port, "--chunk-delay-ms", "0")
         config_path = work / "config.yaml"
         config_path.write_text(config(upstream_port, upstream_key))
         port = free_port()
-        gateway = procs.start(
-            "gateway",
-            [*venv_command("gunicorn", "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers",
-             "2", "--worker-class", "llm_gateway.serving.GatewayWorker",
-             "llm_gateway.main:create_app()"],
-            {**env, "GATEWAY_CONFIG": str(config_path), "GATEWAY_MASTER_KEY": master_key,
-             "GATEWAY_SPOOL_DIR": str(work / "spool")},
-        )  # fmt: skip
-        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/api/health"), "gateway", gateway,
-                   timeout=60)  # fmt: skip
-        assert child_pids(gateway.pid)
+        gateway_env = {**env, "GATEWAY_CONFIG": str(config_path), "GATEWAY_MASTER_KEY":
+                       master_key, "GATEWAY_SPOOL_DIR": str(work / "spool")}  # fmt: skip
+        start_gateway(procs, "gateway", gateway_env, port, 2, "llm_gateway.main:create_app()")
         samples = asyncio.run(
             measure(args, f"http://127.0.0.1:{upstream_port}/v1/chat/completions",
                     f"http://127.0.0.1:{port}/v1/chat/completions", upstream_key, master_key)
