@@ -293,8 +293,8 @@ class ExchangeWriter:
                 )
                 if held:
                     await loop.run_in_executor(self._executor, self._spool, held)
-                if self._stopping:
-                    return
+                # Also when stopping: the restarted task drains the queue and replays what
+                # was just spooled; stop()'s timeout bounds a writer that keeps failing.
                 await asyncio.sleep(RESTART_DELAY_S)
 
     async def _run(self) -> None:
