@@ -22,12 +22,14 @@ export LAB_NPROC := $(shell n=$$(ulimit -Hu); [[ $$n == unlimited || $$n -gt 327
 LAB_CREDENTIALS := $(CURDIR)/.lab/credentials
 GATEWAY_URL := http://127.0.0.1:4000
 LAB_MODEL := fake-gpt
-EVIDENCE_PLAYBOOK := playbooks/evidence.yml
-# playbooks/evidence.yml writes evidence/<environment>/<UTC timestamp>/.
+# evidence.yml writes evidence/<environment>/<UTC timestamp>/.
 EVIDENCE_DIR := $(CURDIR)/evidence/lab
 INVENTORIES := lab staging production
+# Pythons of the gateway hosts the release artifact is built for (Debian 13: 3.13,
+# Ubuntu 24.04: 3.12); `make wheelhouse TARGET_PYTHONS="3.12 3.13"` for both.
+TARGET_PYTHONS ?= 3.13
 
-.PHONY: help host-deps venv image lab-hosts lab lab-info lab-down lint syntax shared-vars-test \
+.PHONY: help host-deps venv wheelhouse image lab-hosts lab lab-info lab-down lint syntax unit-test \
 	app-test molecule evidence bench test
 
 help: ## List the targets
@@ -47,10 +49,13 @@ $(VENV_STAMP): requirements/controller.txt
 image: host-deps ## Build the Debian 13 systemd image unless its recipe is unchanged
 	scripts/lab/build-image.sh
 
-lab-hosts: host-deps venv image ## Start the lab containers lab-db and lab-gateway
-	ansible-playbook -i inventory/lab playbooks/lab_up.yml
+wheelhouse: venv ## Build the release artifact build/llm-gateway-<version>-py<XY>-<arch>.tar from the commit
+	PYTHON=$(VENV)/bin/python scripts/build-release.sh $(TARGET_PYTHONS)
 
-lab: lab-hosts ## The whole lab: hosts, site.yml, evidence; prints how to use it
+lab-hosts: host-deps venv image ## Start the lab containers lab-db and lab-gateway
+	ansible-playbook -i inventory/lab lab_up.yml
+
+lab: lab-hosts wheelhouse ## The whole lab: hosts, site.yml, evidence; prints how to use it
 	ansible-playbook -i inventory/lab site.yml
 	$(MAKE) --no-print-directory evidence
 	$(MAKE) --no-print-directory lab-info
@@ -68,41 +73,37 @@ lab-info: ## Print the lab's gateway URL, a chat call to paste and where the evi
 	echo "Evidence: $${latest:-none yet (make evidence)}"
 
 lab-down: venv ## Remove the lab containers and their network
-	ansible-playbook -i inventory/lab playbooks/lab_down.yml
+	ansible-playbook -i inventory/lab lab_down.yml
 
-evidence: venv ## Collect the lab's evidence (when playbooks/evidence.yml exists)
-	@if [[ -f $(EVIDENCE_PLAYBOOK) ]]; then \
-		ansible-playbook -i inventory/lab $(EVIDENCE_PLAYBOOK); \
-	else \
-		echo "evidence: $(EVIDENCE_PLAYBOOK) does not exist yet, skipped"; \
-	fi
+evidence: venv ## Collect the lab's evidence bundle (evidence.yml)
+	ansible-playbook -i inventory/lab evidence.yml
 
 lint: venv ## yamllint, ansible-lint (profile production), ruff
 	yamllint --strict .
 	ansible-lint
-	ruff check tests molecule
-	ruff format --check tests molecule
+	ruff check tests molecule roles scripts
+	ruff format --check tests molecule roles scripts
 	$(MAKE) -C app lint
 
 syntax: venv ## Syntax-check every entry point against every inventory (no connections)
 	for inventory in $(INVENTORIES); do \
 		ansible-inventory -i inventory/$$inventory --graph; \
-		for playbook in site.yml playbooks/*.yml; do \
+		for playbook in *.yml; do \
 			echo "syntax: $$playbook -i inventory/$$inventory"; \
 			ansible-playbook -i inventory/$$inventory --syntax-check $$playbook >/dev/null; \
 		done; \
 	done
 
-shared-vars-test: venv ## Prove the shared group_vars reach every entry-point playbook
+unit-test: venv ## Controller-side unit tests (tests/): the evidence role's judgement, no hosts
 	pytest tests
 
 app-test: ## The app's own tests (app/Makefile)
 	$(MAKE) -C app venv test
 
-molecule: host-deps venv image ## molecule test: create, converge, idempotence, verify, destroy
+molecule: host-deps venv image wheelhouse ## molecule test: create, converge, idempotence, verify, destroy
 	molecule test
 
 bench: ## The app's benchmark (app/Makefile)
 	$(MAKE) -C app bench
 
-test: host-deps venv lint syntax shared-vars-test app-test molecule ## Everything CI runs
+test: host-deps venv lint syntax unit-test app-test molecule ## Everything CI runs

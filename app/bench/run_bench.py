@@ -30,6 +30,7 @@ from pathlib import Path
 
 import psycopg2
 from load import Run, Target, percentile, run_wrk
+from ports import free_port  # importable once procs has set sys.path
 from procs import (
     Processes,
     child_pids,
@@ -38,7 +39,6 @@ from procs import (
     start_gateway,
     start_postgres,
 )
-from throwaway_postgres import free_port  # importable once procs has set sys.path
 
 UPSTREAM_MODEL = "fake-model"
 GATEWAY_MODEL = "bench-model"

@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 
 import aiohttp
+from ports import free_port  # importable once procs has set sys.path
 from procs import Processes, migrate, start_fake_upstream, start_gateway, start_postgres
-from throwaway_postgres import free_port  # importable once procs has set sys.path
 
 WORDS = " ".join(f"word{i}" for i in range(72))  # about 25 deltas of 3 words
 MESSAGES = [{"role": "user", "content": WORDS}]

@@ -21,10 +21,12 @@ from pydantic import SecretStr
 from sqlalchemy import func, select
 from starlette.requests import Request
 
+from llm_gateway import metrics
 from llm_gateway.config import DatabaseSettings, Deployment, WriterSettings
 from llm_gateway.db import make_engine
 from llm_gateway.models import RequestRecord
 from llm_gateway.proxy import Exchange
+from llm_gateway.settings import EnvSettings
 from llm_gateway.spool import Spool
 from llm_gateway.writer import ExchangeWriter
 
@@ -92,10 +94,11 @@ def sample_records(count: int, run_tag: str) -> list[dict]:
 
 
 async def burst(url: str, spool_dir: Path, count: int) -> dict:
-    engine = make_engine(url, DatabaseSettings())
+    database = DatabaseSettings()
+    engine = make_engine(EnvSettings(database_url=url).sqlalchemy_url(), database)
     spool = Spool(spool_dir)
     spool.open()
-    writer = ExchangeWriter(engine, spool, WriterSettings())
+    writer = ExchangeWriter(engine, spool, WriterSettings(), database)
     run_tag = str(time.time_ns())
     records = sample_records(count, run_tag)  # built before the clock starts
     writer.start()
@@ -113,7 +116,7 @@ async def burst(url: str, spool_dir: Path, count: int) -> dict:
             )
         )
     engine.dispose()
-    stats = writer.snapshot()
+    stats = metrics.writer_summary()  # this process: this burst
     return {
         "exchanges": count,
         "seconds": round(elapsed, 3),

@@ -11,11 +11,9 @@ import itertools
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,26 +22,23 @@ from pathlib import Path
 import openai
 import pytest
 import yaml
-from throwaway_postgres import PostgresCluster, free_port
+from ports import free_port, wait_for_port
+from throwaway_postgres import PostgresCluster
+
+from llm_gateway.settings import EnvSettings
 
 from helpers import http_call
 
 MASTER_KEY = "sk-test-master"
 TEAM_KEY = "sk-test-team"
 PROVIDER_KEY_ENV = "TEST_PROVIDER_KEY"
-
-
-def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {port}")
+# Roles in this group must give their password over TCP; every other role is trusted.
+PASSWORD_GROUP = "password_login"
+# libpq's variables name a database too: each test names its own, so none may leak in
+# from the shell that runs the tests (libpq itself would read them, too).
+for _field in EnvSettings.model_fields:
+    if _field.startswith("pg"):
+        os.environ.pop(_field.upper(), None)
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +50,8 @@ def pg_cluster() -> Iterator[PostgresCluster]:
     except RuntimeError as exc:
         pytest.exit(str(exc), 2)
     cluster.init()
+    hba = cluster.data / "pg_hba.conf"
+    hba.write_text(f"host all +{PASSWORD_GROUP} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
     cluster.make_tls()
     cluster.start()
     yield cluster

@@ -2,6 +2,9 @@
 
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from llm_gateway.metrics import writer_summary
 
 from conftest import TEAM_KEY
 from helpers import CHAT_BODY, wait_until
@@ -81,18 +84,41 @@ def test_db_stats_reports_rows_pool_and_writer(gateway):
     assert stats["rows"]["requests"] == stats["rows"]["responses"] >= 1
     assert stats["pool"]["size"] == 5
     writer = stats["writer"]
-    for field in (
+    assert set(writer) == {
         "exchanges_written",
         "batches",
         "failures",
         "spooled",
         "replayed",
+        "queue_full",
+        "quarantined",
+        "lost",
+        "restarts",
         "queue_depth",
+        "spool_backlog",
+        "db_ok",
+        "running",
+        "stalled",
         "batch_commit_ms_p50",
         "batch_commit_ms_p99",
-    ):
-        assert field in writer
-    assert writer["batch_commit_ms_p50"] > 0
+    }
+    assert writer["exchanges_written"] >= stats["rows"]["responses"]
+    assert (writer["running"], writer["db_ok"], writer["stalled"]) == (True, True, False)
+    assert 0 < writer["batch_commit_ms_p50"] <= writer["batch_commit_ms_p99"]
+
+
+def test_db_stats_writer_figures_are_the_metrics_page_s(gateway):
+    """Whoever reads /metrics (the evidence collection) gets the numbers db-stats shows."""
+    gateway.call("POST", "/v1/chat/completions", CHAT_BODY)
+
+    def same() -> bool:
+        writer = gateway.call("GET", "/api/db-stats").json()["writer"]
+        page = gateway.call("GET", "/metrics", key=None).raw.decode()
+        return writer["batches"] > 0 and writer == writer_summary(
+            text_string_to_metric_families(page)
+        )
+
+    wait_until(same)
 
 
 def test_metrics_exposition(gateway):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from contextlib import contextmanager
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from ports import free_port, wait_for_port
 
 from llm_gateway.fake_upstream import Settings, create_app, parse_args
 
@@ -210,12 +210,6 @@ def test_error_rate_out_of_range_is_rejected() -> None:
         parse_args(["--error-rate", "1.5"])
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def upstream_process(*args: str, env: dict[str, str] | None = None):
     port = free_port()
@@ -223,18 +217,9 @@ def upstream_process(*args: str, env: dict[str, str] | None = None):
         [sys.executable, "-m", "llm_gateway.fake_upstream", "--port", str(port), *args],
         env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read().decode()
-                assert time.monotonic() < deadline, "fake upstream did not start"
-                time.sleep(0.05)
+        wait_for_port(port, timeout=10, proc=proc)
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         proc.terminate()

@@ -1,5 +1,5 @@
 """The production command: gunicorn with two uvicorn workers, one writer and one
-db_connected line per worker, clean stop on SIGTERM."""
+db_connected line per worker, metrics of both, clean stop on SIGTERM."""
 
 import os
 import signal
@@ -9,15 +9,9 @@ from pathlib import Path
 
 import orjson
 import yaml
+from ports import free_port, wait_for_port
 
-from conftest import (
-    MASTER_KEY,
-    PROVIDER_KEY_ENV,
-    all_stored_once,
-    free_port,
-    gateway_config,
-    wait_for_port,
-)
+from conftest import MASTER_KEY, PROVIDER_KEY_ENV, all_stored_once, gateway_config
 from helpers import CHAT_BODY, http_call, wait_until
 
 
@@ -27,6 +21,8 @@ def test_gunicorn_with_uvicorn_workers(tmp_path, pg_cluster, database, upstreams
     port = free_port()
     stderr_path = tmp_path / "stderr.log"
     gunicorn = Path(sys.executable).parent / "gunicorn"
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
     env = {
         **os.environ,
         "DATABASE_URL": pg_cluster.url(database, tls=True),
@@ -34,6 +30,7 @@ def test_gunicorn_with_uvicorn_workers(tmp_path, pg_cluster, database, upstreams
         "GATEWAY_SPOOL_DIR": str(tmp_path / "spool"),
         "GATEWAY_MASTER_KEY": MASTER_KEY,
         PROVIDER_KEY_ENV: "sk-provider-secret",
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),  # as the systemd unit sets it
     }
     with stderr_path.open("w") as stderr:
         proc = subprocess.Popen(
@@ -71,6 +68,14 @@ def test_gunicorn_with_uvicorn_workers(tmp_path, pg_cluster, database, upstreams
             ]
             for _ in range(20)
         ]
+
+        def written() -> int:
+            reply = http_call(port, "GET", "/api/db-stats", key=MASTER_KEY)
+            return reply.json()["writer"]["exchanges_written"]
+
+        # Whichever worker answers, db-stats counts what both committed.
+        wait_until(lambda: written() == 20)
+        assert [written() for _ in range(4)] == [20] * 4
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(40)

@@ -7,16 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import create_engine
 
-from llm_gateway.config import WriterSettings
+from llm_gateway import metrics
+from llm_gateway.config import DatabaseSettings, WriterSettings
 from llm_gateway.proxy import _token_count
 from llm_gateway.spool import Spool
-from llm_gateway.writer import (
-    STALL_AFTER_S,
-    ExchangeWriter,
-    encode,
-    insert_exchanges,
-    insert_one_exchange,
-)
+from llm_gateway.writer import STALL_AFTER_S, ExchangeWriter, encode, insert_exchanges
 
 from conftest import all_stored_once, query
 from helpers import CHAT_BODY, exchange_record, wait_until
@@ -185,6 +180,19 @@ def test_sync_mode_spools_when_the_database_is_down(start_gateway, restore_clust
     wait_until(lambda: all_stored_once(pg_cluster, database, ids))
 
 
+def new_writer(engine, spool_dir, **settings) -> ExchangeWriter:
+    spool = Spool(spool_dir)
+    spool.open()
+    return ExchangeWriter(engine, spool, WriterSettings(**settings), DatabaseSettings())
+
+
+def writer_counts_since(before: dict) -> dict:
+    """How this process's writer metrics moved since ``before`` (a writer_summary)."""
+    after = metrics.writer_summary()
+    keys = ("exchanges_written", "failures", "spooled", "lost", "restarts")
+    return {key: after[key] - before[key] for key in keys}
+
+
 def spooled(*request_ids: str) -> list[bytes]:
     return [encode(exchange_record(request_id)) for request_id in request_ids]
 
@@ -227,12 +235,19 @@ def test_spool_of_a_dead_worker_is_adopted(tmp_path):
     assert not list(tmp_path.glob("*.jsonl"))
 
 
-def test_single_exchange_insert_is_idempotent(pg_cluster, database):
-    engine = create_engine(pg_cluster.url(database), isolation_level="AUTOCOMMIT")
+def test_an_exchange_committed_twice_is_stored_once(tmp_path, pg_cluster, database):
+    engine = create_engine(pg_cluster.url(database))
+    writer = new_writer(engine, tmp_path)
+
+    async def scenario():
+        writer.start()
+        # Two statements, as when a spool replay repeats an exchange already committed.
+        await writer.commit_now(exchange_record("req_once"))
+        await writer.commit_now(exchange_record("req_once"))
+        await writer.stop()
+
     try:
-        with engine.connect() as conn:
-            insert_one_exchange(conn, exchange_record("req_once"))
-            insert_one_exchange(conn, exchange_record("req_once"))
+        asyncio.run(scenario())
     finally:
         engine.dispose()
     rows = query(
@@ -277,17 +292,16 @@ def test_writer_replaces_its_kept_connection_after_a_server_restart(
 ):
     pg_cluster = restore_cluster
     engine = create_engine(pg_cluster.url(database), pool_pre_ping=True)
-    spool = Spool(tmp_path)
-    spool.open()
-    writer = ExchangeWriter(engine, spool, WriterSettings())
+    writer = new_writer(engine, tmp_path)
+    before = metrics.writer_summary()
     try:
         writer._write_batch([exchange_record("req_before")])
         pg_cluster.stop()
         pg_cluster.start()
         # The kept connection is dead; one fresh connection must do, not an outage.
         writer._write_batch([exchange_record("req_after")])
-        assert writer.stats["exchanges_written"] == 2
-        assert writer.stats["failures"] == writer.stats["spooled"] == 0
+        moved = writer_counts_since(before)
+        assert (moved["exchanges_written"], moved["failures"], moved["spooled"]) == (2, 0, 0)
         writer._close_conn()
     finally:
         engine.dispose()
@@ -309,9 +323,8 @@ def test_a_failing_writer_task_is_restarted_and_keeps_its_batch(
     """No record can make the writer fail any more, so the supervisor is proved with an
     injected fault: the first batch's write raises as a bug would."""
     engine = create_engine(pg_cluster.url(database))
-    spool = Spool(tmp_path)
-    spool.open()
-    writer = ExchangeWriter(engine, spool, WriterSettings(flush_interval_ms=1))
+    writer = new_writer(engine, tmp_path, flush_interval_ms=1)
+    before = metrics.writer_summary()
     write_batch = writer._write_batch
     calls = []
 
@@ -326,7 +339,7 @@ def test_a_failing_writer_task_is_restarted_and_keeps_its_batch(
     async def scenario():
         writer.start()
         writer.submit(exchange_record("req_in_crash"))
-        while writer.stats["restarts"] == 0:
+        while writer_counts_since(before)["restarts"] == 0:
             await asyncio.sleep(0.01)
         assert writer.running
         writer.submit(exchange_record("req_after_crash"))
@@ -338,17 +351,16 @@ def test_a_failing_writer_task_is_restarted_and_keeps_its_batch(
         engine.dispose()
     assert all_stored_once(pg_cluster, database, ["req_in_crash", "req_after_crash"])
     assert "writer_restarted" in capfd.readouterr().err
-    assert writer.stats["lost"] == 0
+    assert writer_counts_since(before)["lost"] == 0
 
 
 def test_a_writer_that_stops_draining_is_reported_stalled(tmp_path):
-    spool = Spool(tmp_path)
-    spool.open()
-    writer = ExchangeWriter(None, spool, WriterSettings())
+    writer = new_writer(None, tmp_path)
     writer.submit(exchange_record("req_waiting"))  # never started: nothing drains the queue
     assert not writer.running
     assert not writer.stalled  # not for long enough yet
     writer._last_progress -= STALL_AFTER_S + 1
     assert writer.stalled
-    snapshot = writer.snapshot()
-    assert (snapshot["running"], snapshot["stalled"], snapshot["queue_depth"]) == (False, True, 1)
+    writer.publish_state()
+    summary = metrics.writer_summary()
+    assert (summary["running"], summary["stalled"], summary["queue_depth"]) == (False, True, 1)

@@ -10,18 +10,13 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg2
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+import trustme
+from ports import free_port
 
 
 def postgres_bindir() -> Path:
@@ -84,60 +79,11 @@ class PostgresCluster:
         sslmode=verify-full like production does."""
         tls = self.base / "tls"
         tls.mkdir()
-        openssl = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
-        subprocess.run(
-            [
-                *openssl,
-                "-keyout",
-                tls / "ca.key",
-                "-out",
-                tls / "ca.crt",
-                "-subj",
-                "/CN=llm-gateway test CA",
-            ],
-            check=True,
-            capture_output=True,
-        )
-        subprocess.run(
-            [
-                "openssl",
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                tls / "server.key",
-                "-out",
-                tls / "server.csr",
-                "-subj",
-                "/CN=127.0.0.1",
-            ],
-            check=True,
-            capture_output=True,
-        )
-        (tls / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-        subprocess.run(
-            [
-                "openssl",
-                "x509",
-                "-req",
-                "-in",
-                tls / "server.csr",
-                "-CA",
-                tls / "ca.crt",
-                "-CAkey",
-                tls / "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                tls / "san.ext",
-                "-out",
-                tls / "server.crt",
-            ],
-            check=True,
-            capture_output=True,
-        )
+        ca = trustme.CA(organization_name="llm-gateway test CA")
+        server = ca.issue_cert("127.0.0.1")
+        ca.cert_pem.write_to_path(tls / "ca.crt")
+        server.cert_chain_pems[0].write_to_path(tls / "server.crt")
+        server.private_key_pem.write_to_path(tls / "server.key")
         for name in ("server.key", "server.crt"):
             if self.as_postgres:
                 shutil.chown(tls / name, "postgres", "postgres")

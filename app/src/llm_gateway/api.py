@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from llm_gateway import metrics
 from llm_gateway.gateway import Gateway
 from llm_gateway.models import RequestRecord, ResponseRecord
+from llm_gateway.settings import NO_DATABASE
 
 router = APIRouter()
 HEALTH_TIMEOUT_S = 5.0
@@ -43,7 +44,7 @@ def _optional_key(flag: str):
 
 def _engine(gateway: Gateway):
     if gateway.engine is None:
-        raise HTTPException(503, "database is not configured (DATABASE_URL unset)")
+        raise HTTPException(503, NO_DATABASE)
     return gateway.engine
 
 
@@ -95,11 +96,12 @@ async def liveness() -> JSONResponse:
 async def health(request: Request) -> JSONResponse:
     """Readiness: runs a real query through the pool (a health check that skips the DB
     proves nothing) and checks that this worker's writer runs and drains. 503 names
-    every problem; exchanges quarantined or lost since start make it "degraded"."""
+    every problem; exchanges quarantined or lost since start (by any worker, in
+    multiprocess mode) make it "degraded"."""
     gateway = _gateway(request)
     database: dict[str, Any] = {"ok": False}
     if gateway.engine is None:
-        database["error"] = "DATABASE_URL unset"
+        database["error"] = NO_DATABASE
     else:
 
         def ping() -> None:
@@ -112,7 +114,7 @@ async def health(request: Request) -> JSONResponse:
         except (SQLAlchemyError, TimeoutError) as exc:
             database["error"] = exc.__class__.__name__
     writer = gateway.writer
-    stats = writer.stats
+    counts = await run_in_threadpool(metrics.writer_summary)  # reads files in multiprocess mode
     problems = []
     if not database["ok"]:
         problems.append("database unreachable")
@@ -122,9 +124,9 @@ async def health(request: Request) -> JSONResponse:
         problems.append("writer not draining")
     # Past events stay visible (the counters), but do not take a serving gateway out.
     notices = [
-        f"{stats[name]} exchanges {name} since start"
+        f"{counts[name]} exchanges {name} since start"
         for name in ("quarantined", "lost")
-        if stats[name]
+        if counts[name]
     ]
     body = {
         "status": "unhealthy" if problems else ("degraded" if notices else "healthy"),
@@ -137,9 +139,9 @@ async def health(request: Request) -> JSONResponse:
             "queue_depth": writer.queue.qsize(),
             "spool_backlog": writer.spool.backlog,
             "db_ok": writer.db_ok,
-            "quarantined": stats["quarantined"],
-            "lost": stats["lost"],
-            "restarts": stats["restarts"],
+            "quarantined": counts["quarantined"],
+            "lost": counts["lost"],
+            "restarts": counts["restarts"],
         },
         "log_mode": gateway.config.service.log_mode,
     }
@@ -164,10 +166,12 @@ def db_stats(request: Request) -> dict:
             "responses": conn.scalar(select(func.count()).select_from(ResponseRecord)),
         }
 
+    gateway.writer.publish_state()  # this worker's gauges as of now; others' within 1 s
     return {
         "rows": _query(gateway, counts),
         "pool": _pool_state(gateway),
-        "writer": gateway.writer.snapshot(),
+        # Every worker's, in multiprocess mode: the figures /metrics shows.
+        "writer": metrics.writer_summary(),
         "log_mode": gateway.config.service.log_mode,
     }
 

@@ -1,26 +1,17 @@
-"""Engine construction and the connection facts logged at startup."""
+"""Engines (the gateway's pool, a migration's single connection), the connection facts
+logged at startup, and driver errors told without the password."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import URL, Engine, NullPool, create_engine, text
 
 from llm_gateway.config import DatabaseSettings
 
 APPLICATION_NAME = "llm-gateway"
-
-
-def normalize_url(url: str | None) -> str:
-    """Accept libpq-style ``postgres://``/``postgresql://`` URLs; we always use psycopg2."""
-    if not url:
-        raise ValueError("DATABASE_URL is not set")
-    for prefix in ("postgres://", "postgresql://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg2://" + url[len(prefix) :]
-    return url
+MIGRATE_APPLICATION_NAME = "llm-gateway-migrate"
 
 
 def _json_dumps(value: Any) -> str:
@@ -28,23 +19,40 @@ def _json_dumps(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
-def make_engine(url: str, settings: DatabaseSettings) -> Engine:
-    """Pooled engine; TLS options (sslmode, sslrootcert, ...) pass through from the URL."""
-    parsed = make_url(normalize_url(url))
+def _connect_args(url: URL, application_name: str, settings: DatabaseSettings) -> dict:
     connect_args: dict[str, Any] = {"connect_timeout": settings.connect_timeout}
-    if "application_name" not in parsed.query:
-        connect_args["application_name"] = APPLICATION_NAME
+    if "application_name" not in url.query:
+        connect_args["application_name"] = application_name
+    return connect_args
+
+
+def make_engine(url: URL, settings: DatabaseSettings) -> Engine:
+    """The gateway's pooled engine; TLS options (sslmode, sslrootcert) are in the URL."""
     return create_engine(
-        parsed,
+        url,
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
         pool_recycle=settings.pool_recycle,
         pool_pre_ping=settings.pool_pre_ping,
         pool_timeout=settings.pool_timeout,
-        connect_args=connect_args,
+        connect_args=_connect_args(url, APPLICATION_NAME, settings),
         json_serializer=_json_dumps,
         json_deserializer=orjson.loads,
     )
+
+
+def migration_engine(url: URL) -> Engine:
+    """One connection, no pool: a migration or its check runs once and exits."""
+    connect_args = _connect_args(url, MIGRATE_APPLICATION_NAME, DatabaseSettings())
+    return create_engine(url, poolclass=NullPool, connect_args=connect_args)
+
+
+def driver_reason(exc: BaseException, password: str | None) -> str:
+    """The driver's own first line (e.g. "password authentication failed for user ..."),
+    which tells an operator what to fix; never the password, should a driver echo it."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    reason = lines[0][:300] if lines else ""
+    return reason.replace(password, "********") if password else reason
 
 
 def connection_facts(engine: Engine, settings: DatabaseSettings) -> dict[str, Any]:

@@ -16,23 +16,15 @@ from starlette.responses import Response
 
 from llm_gateway import __version__, api, metrics, proxy
 from llm_gateway.config import GatewayConfig, load_config
-from llm_gateway.db import connection_facts, make_engine
+from llm_gateway.db import connection_facts, driver_reason, make_engine
 from llm_gateway.errors import error_response
 from llm_gateway.events import emit_event
 from llm_gateway.gateway import Gateway
-from llm_gateway.settings import EnvSettings
+from llm_gateway.settings import NO_DATABASE, EnvSettings
 from llm_gateway.spool import Spool
 from llm_gateway.writer import ExchangeWriter
 
 log = logging.getLogger("llm_gateway")
-
-
-def _driver_reason(exc: BaseException, password: str | None) -> str:
-    """The driver's own first line (e.g. "password authentication failed for user ..."),
-    which tells an operator what to fix; never the password, should a driver echo it."""
-    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    reason = lines[0][:300] if lines else ""
-    return reason.replace(password, "********") if password else reason
 
 
 async def _announce_database(gateway: Gateway, retry_s: float) -> None:
@@ -42,7 +34,7 @@ async def _announce_database(gateway: Gateway, retry_s: float) -> None:
     keeps trying in the background instead of blocking startup.
     """
     if gateway.engine is None:
-        emit_event("db_unavailable", reason="DATABASE_URL is not set")
+        emit_event("db_unavailable", reason=NO_DATABASE)
         return
     reported = False
     while True:
@@ -56,7 +48,7 @@ async def _announce_database(gateway: Gateway, retry_s: float) -> None:
                 emit_event(
                     "db_unavailable",
                     error=exc.__class__.__name__,
-                    reason=_driver_reason(exc, gateway.engine.url.password),
+                    reason=driver_reason(exc, gateway.engine.url.password),
                     host=gateway.engine.url.host,
                     retry_s=retry_s,
                 )
@@ -74,16 +66,16 @@ def create_app(
     # Config errors surface here, at worker boot, naming the entry and the reason.
     env = env or EnvSettings()
     config = config or load_config(env)
+    database_url = env.sqlalchemy_url()
     if config.ignored_keys:
         emit_event("config_ignored", keys=list(config.ignored_keys))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        url = env.database_url.get_secret_value() if env.database_url else None
-        engine = make_engine(url, config.database) if url else None
+        engine = make_engine(database_url, config.database) if database_url is not None else None
         spool = Spool(env.spool_dir)
         spool.open()
-        writer = ExchangeWriter(engine, spool, config.writer)
+        writer = ExchangeWriter(engine, spool, config.writer, config.database)
         writer.start()
         # One pooled client session per worker; aiohttp rather than httpx because its
         # client costs ~3-4x less CPU per request here (app/README.md, "How logging stays off").
@@ -102,7 +94,8 @@ def create_app(
             await session.close()
             if engine is not None:
                 engine.dispose()
-            emit_event("shutdown", **writer.snapshot())
+            writer.publish_state()
+            emit_event("shutdown", **metrics.writer_summary())
             metrics.forget_this_process()
 
     app = FastAPI(

@@ -16,9 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import statistics
 import time
-from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -29,7 +27,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from llm_gateway import metrics
-from llm_gateway.config import WriterSettings
+from llm_gateway.config import DatabaseSettings, WriterSettings
 from llm_gateway.events import emit_event
 from llm_gateway.loggable import reduced_record
 from llm_gateway.spool import Spool
@@ -115,10 +113,6 @@ def insert_exchanges(conn: Connection, exchanges: Sequence[Exchange]) -> int:
     return insert_encoded(conn, [(ex["request_id"], encode(ex)) for ex in exchanges])
 
 
-def insert_one_exchange(conn: Connection, ex: Exchange) -> int:
-    return insert_exchanges(conn, [ex])
-
-
 def is_outage(exc: BaseException) -> bool:
     """Connectivity trouble (retry later) as opposed to data the database refuses."""
     return isinstance(exc, OperationalError | InterfaceError | PoolTimeoutError) or bool(
@@ -138,7 +132,15 @@ def without_nul(value: Any) -> Any:
 
 
 class ExchangeWriter:
-    def __init__(self, engine: Engine | None, spool: Spool, settings: WriterSettings):
+    """What it did is counted in ``metrics`` only (``metrics.writer_summary``)."""
+
+    def __init__(
+        self,
+        engine: Engine | None,
+        spool: Spool,
+        settings: WriterSettings,
+        database: DatabaseSettings,
+    ):
         self.engine = engine
         self.spool = spool
         self.settings = settings
@@ -158,28 +160,14 @@ class ExchangeWriter:
         # pre-ping round trip) per commit. Only that thread touches it.
         self._conn: Connection | None = None
         self._conn_since = 0.0
-        self._recycle_s = getattr(engine.pool, "_recycle", -1) if engine is not None else -1
+        # Kept that long at most, like the pool's connections (-1: for good).
+        self._recycle_s = database.pool_recycle
         # log_mode sync: exchanges waiting for the next group commit, and whether one runs.
         self._sync_pending: list[tuple[Exchange, asyncio.Future]] = []
         self._sync_busy = False
         self._next_retry = 0.0
         # When the writer last finished a batch (committed or spooled), for stall checks.
         self._last_progress = time.monotonic()
-        self.stats = {
-            "exchanges_written": 0,
-            "batches": 0,
-            "failures": 0,
-            "spooled": 0,
-            "replayed": 0,
-            "queue_full": 0,
-            # logged in the reduced form (payload replaced by a marker), original kept as
-            # a dead letter
-            "quarantined": 0,
-            # answered, and neither in the database nor in the spool: never will be
-            "lost": 0,
-            "restarts": 0,
-        }
-        self._commit_ms: deque[float] = deque(maxlen=2000)
 
     # ---- request path -------------------------------------------------------------
     def submit(self, exchange: Exchange) -> None:
@@ -187,7 +175,7 @@ class ExchangeWriter:
         try:
             self.queue.put_nowait(exchange)
         except asyncio.QueueFull:
-            self.stats["queue_full"] += 1
+            metrics.WRITER_QUEUE_FULL.inc()
             self._spool([exchange])
 
     async def commit_now(self, exchange: Exchange) -> None:
@@ -281,7 +269,6 @@ class ExchangeWriter:
                 await self._run()
                 return
             except Exception as exc:
-                self.stats["restarts"] += 1
                 metrics.WRITER_RESTARTS.inc()
                 log.exception("writer: task failed; restarting it")
                 held, self._in_flight = self._in_flight, []
@@ -329,12 +316,18 @@ class ExchangeWriter:
         return batch
 
     async def _watch(self) -> None:
-        """Keep the liveness gauges current, also when the writer itself cannot."""
+        """Keep the gauges current, also when the writer itself cannot."""
         while True:
-            metrics.WRITER_UP.set(1 if self.running else 0)
-            metrics.WRITER_STALLED.set(1 if self.stalled else 0)
-            metrics.WRITER_QUEUE.set(self.queue.qsize())
+            self.publish_state()
             await asyncio.sleep(1.0)
+
+    def publish_state(self) -> None:
+        """This worker's state to the gauges (the watchdog does it every second)."""
+        metrics.WRITER_UP.set(1 if self.running else 0)
+        metrics.WRITER_STALLED.set(1 if self.stalled else 0)
+        metrics.WRITER_QUEUE.set(self.queue.qsize())
+        metrics.SPOOL_BACKLOG.set(self.spool.backlog)
+        metrics.WRITER_DB_OK.set(1 if self.db_ok else 0)
 
     # ---- writer thread --------------------------------------------------------------
     def _write_batch(self, batch: list[Exchange], path: str = "live") -> None:
@@ -377,12 +370,8 @@ class ExchangeWriter:
             if lost is None:
                 return False
             written -= lost
-        elapsed = time.perf_counter() - started
-        self._commit_ms.append(elapsed * 1000)
-        metrics.BATCH_COMMIT.observe(elapsed)
+        metrics.BATCH_COMMIT.observe(time.perf_counter() - started)
         metrics.WRITER_EXCHANGES.labels(path).inc(written)
-        self.stats["batches"] += 1
-        self.stats["exchanges_written"] += written
         if not self.db_ok:
             log.warning("writer: database reachable again")
         self.db_ok = True
@@ -491,7 +480,6 @@ class ExchangeWriter:
         return self.engine is not None and (self.db_ok or time.monotonic() >= self._next_retry)
 
     def _db_failed(self, exc: Exception) -> None:
-        self.stats["failures"] += 1
         metrics.WRITER_FAILURES.inc()
         if self.db_ok:
             log.error("writer: database write failed, spooling: %s", exc.__class__.__name__)
@@ -499,11 +487,12 @@ class ExchangeWriter:
         self._next_retry = time.monotonic() + self.settings.retry_interval_s
 
     def _count_quarantined(self, count: int) -> None:
-        self.stats["quarantined"] += count
+        """Logged in the reduced form (payload replaced by a marker), original kept as a
+        dead letter."""
         metrics.WRITER_QUARANTINED.inc(count)
 
     def _count_lost(self, count: int) -> None:
-        self.stats["lost"] += count
+        """Answered, and neither in the database nor in the spool: never will be."""
         metrics.EXCHANGES_LOST.inc(count)
 
     def _spool(self, batch: list[Exchange]) -> None:
@@ -517,7 +506,6 @@ class ExchangeWriter:
             self._count_lost(len(encoded))
             log.error("writer: cannot spool %d exchanges: %s", len(encoded), exc)
             return
-        self.stats["spooled"] += written
         metrics.SPOOLED.inc(written)
         metrics.SPOOL_BACKLOG.set(self.spool.backlog)
 
@@ -547,7 +535,6 @@ class ExchangeWriter:
                 return
             if not committed:
                 raise _ReplayStopped
-            self.stats["replayed"] += len(chunk)
 
         try:
             count = self.spool.replay(write, self._unreadable_line)
@@ -559,28 +546,6 @@ class ExchangeWriter:
         if count:
             log.warning("writer: replayed %d spooled exchanges", count)
         metrics.SPOOL_BACKLOG.set(self.spool.backlog)
-
-    # ---- reporting ------------------------------------------------------------------
-    def snapshot(self) -> dict[str, Any]:
-        commits = sorted(self._commit_ms)
-
-        def pct(q: float) -> float | None:
-            if not commits:
-                return None
-            return round(commits[min(len(commits) - 1, int(q * len(commits)))], 3)
-
-        return {
-            **self.stats,
-            "running": self.running,
-            "stalled": self.stalled,
-            "seconds_since_progress": round(time.monotonic() - self._last_progress, 1),
-            "queue_depth": self.queue.qsize(),
-            "queue_capacity": self.settings.queue_size,
-            "spool_backlog": self.spool.backlog,
-            "db_ok": self.db_ok,
-            "batch_commit_ms_p50": round(statistics.median(commits), 3) if commits else None,
-            "batch_commit_ms_p99": pct(0.99),
-        }
 
 
 class _ReplayStopped(Exception):

@@ -29,12 +29,25 @@ from typing import Any
 
 import pytest
 import testinfra
+import yaml
 from testinfra.utils.ansible_runner import AnsibleRunner
 
 JOURNAL_LINES = 100
 # molecule's podman driver writes the short name, inventory/lab the full one.
 PODMAN_CONNECTIONS = {"podman", "containers.podman.podman"}
 REPOSITORY = Path(__file__).resolve().parents[3]
+# The deployment's shared values (database and role names, ports, paths), read from the one
+# place that defines them; the literal ones are all the tests need.
+SHARED = yaml.safe_load((REPOSITORY / "group_vars" / "all" / "main.yml").read_text())
+
+
+def psql(host: Any, sql: str, database: str = SHARED["postgresql_app_database"]) -> str:
+    """One value (or `|`-separated rows) from psql as the postgres superuser over the socket."""
+    result = host.run(
+        "runuser -u postgres -- psql -X -A -t -v ON_ERROR_STOP=1 -d %s -c %s", database, sql
+    )
+    assert result.rc == 0, result.stderr
+    return result.stdout.strip()
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -11,14 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import SHARED, psql
 from testinfra.utils.ansible_runner import AnsibleRunner
 
 VERSION = 17
 UNIT = f"postgresql@{VERSION}-main.service"
-PORT = 5432
-DATABASE = "litellm_db"
-OWNER = "litellm_owner"
-RUNTIME = "litellm_user"
+PORT = SHARED["postgresql_port"]
+DATABASE = SHARED["postgresql_app_database"]
+OWNER = SHARED["postgresql_app_owner"]
+RUNTIME = SHARED["postgresql_app_user"]
 APP_ROLES = [OWNER, RUNTIME]
 # Generated lab secret (ansible.builtin.password lookups) of each application role.
 PASSWORD_FILES = {
@@ -40,12 +41,7 @@ pytestmark = [
 
 
 def query(host: Any, sql: str, database: str = "postgres") -> str:
-    """One value (or `|`-separated rows) from psql as the postgres superuser over the socket."""
-    result = host.run(
-        "runuser -u postgres -- psql -X -A -t -v ON_ERROR_STOP=1 -d %s -c %s", database, sql
-    )
-    assert result.rc == 0, result.stderr
-    return result.stdout.strip()
+    return psql(host, sql, database)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """The evidence step against the molecule deployment (issue 4).
 
-Runs playbooks/evidence.yml once, as `make evidence` does but into a temporary directory,
+Runs evidence.yml once, as `make evidence` does but into a temporary directory,
 then reads the bundle as a reviewer would: every file there and non-empty, the manifest's
 hashes, every criterion PASS, the chat call's request id in the table heads and the join,
 its rows in the live database, and none of the deployment's generated secrets anywhere.
@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import psql
 
 REPOSITORY = Path(__file__).resolve().parents[3]
-PLAYBOOK = "playbooks/evidence.yml"
+PLAYBOOK = "evidence.yml"
 INVENTORY_NAME = "molecule"
 BUNDLE_FILES = [
     "service_status.txt",
@@ -142,7 +143,10 @@ def test_manifest_records_the_run(bundle: Bundle) -> None:
 @pytest.mark.parametrize("criterion", CRITERIA)
 def test_criterion_passes(bundle: Bundle, criterion: str) -> None:
     judged = {c["name"]: c for c in bundle.json("manifest.json")["criteria"]}
-    assert judged[criterion]["passed"] is True, judged[criterion]["figure"]
+    assert judged[criterion]["passed"] is True, (
+        judged[criterion]["why"],
+        judged[criterion]["figure"],
+    )
     row = next(
         line
         for line in bundle.text("SUMMARY.md").splitlines()
@@ -153,6 +157,8 @@ def test_criterion_passes(bundle: Bundle, criterion: str) -> None:
 
 def test_summary_says_pass(bundle: Bundle) -> None:
     assert "**Result: PASS**" in bundle.text("SUMMARY.md")
+    assert bundle.json("manifest.json")["result"] == "PASS"
+    assert [c["name"] for c in bundle.json("manifest.json")["criteria"]] == CRITERIA
 
 
 def test_chat_call_recorded_without_key(bundle: Bundle) -> None:
@@ -181,16 +187,13 @@ def test_figures_match_the_live_database(bundle: Bundle, group_host: Any) -> Non
     """The summary's call figures against a fresh query on the database host."""
     request_id = bundle.json("chat_call.json")["headers"]["X-Request-ID"]
     assert re.fullmatch(r"[A-Za-z0-9_.:-]+", request_id)
+    figures = bundle.json("figures.json")["figures"]
     query = (
         "SELECT s.tokens_used, s.status_code FROM requests q "
         f"JOIN responses s ON s.request_id_fk = q.id WHERE q.request_id = '{request_id}'"
     )
-    result = group_host("database").run(
-        "runuser -u postgres -- psql -XAt -F, -d litellm_db -c %s", query
-    )
-    assert result.rc == 0, result.stderr
-    tokens, status = result.stdout.strip().split(",")
-    call = bundle.json("figures.json")["figures"]["call"]
+    tokens, status = psql(group_host("database"), query, figures["db_name"]).split("|")
+    call = figures["call"]
     assert int(tokens) == call["tokens_used"]
     assert int(status) == call["response_status"] == 200
 

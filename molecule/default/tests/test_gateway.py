@@ -13,12 +13,13 @@ import time
 from typing import Any
 
 import pytest
+from conftest import SHARED, psql
 
 UNIT = "llm-gateway.service"
 SERVICE_USER = "llm-gateway"
-PORT = 4000
-DATABASE = "litellm_db"
-RUNTIME_ROLE = "litellm_user"
+PORT = SHARED["gateway_port"]
+DATABASE = SHARED["postgresql_app_database"]
+RUNTIME_ROLE = SHARED["postgresql_app_user"]
 ENV_FILE = "/etc/llm-gateway/gateway.env"
 CAP_SYS_ADMIN = 21
 ROW_WAIT_SECONDS = 10
@@ -137,15 +138,6 @@ results["idle"] = exchange(b"")
 results["idle_seconds"] = round(time.monotonic() - started, 1)
 print(json.dumps({k: v.decode() if isinstance(v, bytes) else v for k, v in results.items()}))
 """
-
-
-def psql(db_host: Any, sql: str) -> str:
-    """One value (or `|`-separated rows) from psql as the postgres superuser on the db host."""
-    result = db_host.run(
-        "runuser -u postgres -- psql -X -A -t -v ON_ERROR_STOP=1 -d %s -c %s", DATABASE, sql
-    )
-    assert result.rc == 0, result.stderr
-    return result.stdout.strip()
 
 
 @pytest.fixture(scope="module")

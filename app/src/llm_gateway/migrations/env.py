@@ -1,25 +1,20 @@
-"""Alembic environment: the URL comes from DATABASE_URL via llm_gateway.db, never a file."""
+"""Alembic environment: ``llm-gateway migrate`` hands over an open connection; no URL
+passes through Alembic's config file (or its %-interpolation)."""
 
 from alembic import context
-from sqlalchemy import create_engine, pool
 
-from llm_gateway.db import normalize_url
 from llm_gateway.models import Base
 
 config = context.config
 
 
 def run_migrations_online() -> None:
-    engine = create_engine(
-        normalize_url(config.get_main_option("sqlalchemy.url")),
-        poolclass=pool.NullPool,
-        connect_args={"application_name": "llm-gateway-migrate"},
-    )
-    with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=Base.metadata)
-        with context.begin_transaction():
-            context.run_migrations()
-    engine.dispose()
+    connection = config.attributes.get("connection")
+    if connection is None:
+        raise RuntimeError("run migrations with `llm-gateway migrate`, which connects")
+    context.configure(connection=connection, target_metadata=Base.metadata)
+    with context.begin_transaction():
+        context.run_migrations()
 
 
 run_migrations_online()

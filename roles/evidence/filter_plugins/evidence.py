@@ -1,0 +1,910 @@
+"""The evidence role's decisions: its SQL, its parsers, its figures and its criteria.
+
+The role's tasks only collect raw material (``systemctl show`` text, journal lines, the
+``/metrics`` text, psql output) and render files. Everything judged from that material is
+decided here, in plain Python, so that tests/unit/ can test it without hosts. Ansible
+loads this file as the role's filter plugin; the tests import it as a module.
+
+Filters (Jinja name -> function):
+
+- ``evidence_queries``: every SQL statement the role runs, built from its settings
+- ``evidence_systemctl_show``: ``systemctl show`` output -> {property: value}
+- ``evidence_journal_since``: journalctl's --since for the unit's last start
+- ``evidence_measure``: every figure, from what the gateway and database plays handed over
+- ``evidence_withhold``: the bundle's files, those carrying a secret replaced by a notice
+- ``evidence_judge``: the acceptance criteria, each passed or not, with figure and reasons
+- ``evidence_verdict``: the overall result and one printable line per criterion
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+# --- SQL ---------------------------------------------------------------------------------
+# The chat call's X-Request-ID is spliced into SQL: only a plain token is used, anything
+# else becomes '' (a value no row has). Every other value is quoted as a literal.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,255}")
+
+
+def safe_request_id(value: Any) -> str:
+    """The request id if it is a plain token, else '' (which no row has)."""
+    text = "" if value is None else str(value)
+    return text if _REQUEST_ID.fullmatch(text) else ""
+
+
+def sql_literal(value: Any) -> str:
+    """A PostgreSQL string literal (standard_conforming_strings, the default since 9.1)."""
+    text = str(value)
+    if "\x00" in text:
+        raise ValueError("a NUL character cannot be part of an SQL literal")
+    return "'" + text.replace("'", "''") + "'"
+
+
+# Every query of the role, by the report file that prints it. The reports show them as psql
+# prints them; the figures are computed from the same queries' rows, fetched as JSON.
+# Placeholders (all quoted here): {call} the chat call's request id, {newest} rows per head,
+# {database} the application database, {user} the gateway's role, {roles} the password roles.
+QUERIES = {
+    "requests_head": {
+        "requests_newest": """
+SELECT id, request_id, method, route, model, status_code, key_alias, "user", created_at
+FROM requests
+WHERE id IN (SELECT id FROM requests ORDER BY id DESC LIMIT {newest})
+   OR request_id = {call}
+ORDER BY id DESC""",
+        "requests_total": "SELECT count(*) AS requests_total FROM requests",
+    },
+    "responses_head": {
+        "responses_newest": """
+SELECT s.id, s.request_id_fk, q.request_id, s.status_code, s.latency_ms,
+       s.prompt_tokens, s.completion_tokens, s.tokens_used, s.cost, s.created_at
+FROM responses s JOIN requests q ON q.id = s.request_id_fk
+WHERE s.id IN (SELECT id FROM responses ORDER BY id DESC LIMIT {newest})
+   OR q.request_id = {call}
+ORDER BY s.id DESC""",
+        "responses_total": "SELECT count(*) AS responses_total FROM responses",
+    },
+    "join_check": {
+        "join_newest": """
+SELECT q.id, q.request_id, q.model, q.status_code AS request_status,
+       s.id AS response_id, s.status_code AS response_status, s.latency_ms, s.tokens_used, s.cost
+FROM requests q LEFT JOIN responses s ON s.request_id_fk = q.id
+WHERE q.id IN (SELECT id FROM requests ORDER BY id DESC LIMIT {newest})
+   OR q.request_id = {call}
+ORDER BY q.id DESC""",
+        "orphans": """
+SELECT
+  (SELECT count(*) FROM requests q
+   WHERE NOT EXISTS (SELECT 1 FROM responses s WHERE s.request_id_fk = q.id))
+    AS requests_without_response,
+  (SELECT count(*) FROM responses s
+   WHERE NOT EXISTS (SELECT 1 FROM requests q WHERE q.id = s.request_id_fk))
+    AS responses_without_request""",
+        "foreign_keys": """
+SELECT conname, conrelid::regclass AS table_name, confrelid::regclass AS references_table,
+       pg_get_constraintdef(oid) AS definition
+FROM pg_constraint
+WHERE contype = 'f' AND conrelid = 'responses'::regclass
+ORDER BY conname""",
+    },
+    "db_security": {
+        "settings": """
+SELECT name, setting FROM pg_settings
+WHERE name IN ('server_version', 'password_encryption', 'ssl', 'ssl_min_protocol_version',
+               'listen_addresses')
+ORDER BY name""",
+        # The kind of verifier only: a prefix of an md5 verifier is still part of a hash.
+        "verifiers": """
+SELECT r.rolname,
+       CASE WHEN a.oid IS NULL THEN 'no such role'
+            WHEN a.rolpassword IS NULL THEN 'no password'
+            WHEN a.rolpassword LIKE 'SCRAM-SHA-256$%' THEN 'SCRAM-SHA-256'
+            WHEN a.rolpassword LIKE 'md5%' THEN 'md5'
+            ELSE 'other' END AS verifier_kind
+FROM unnest(ARRAY[{roles}]::text[]) AS r(rolname)
+LEFT JOIN pg_authid a ON a.rolname = r.rolname
+ORDER BY r.rolname""",
+        "app_sessions": """
+SELECT a.pid, a.usename, a.application_name, a.client_addr, s.ssl, s.version, s.cipher
+FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+WHERE a.datname = {database} AND a.usename = {user}
+ORDER BY a.pid""",
+        "hba_rules": """
+SELECT line_number, type, database, user_name, address, netmask, auth_method
+FROM pg_hba_file_rules ORDER BY line_number""",
+    },
+}
+# Polled until the writer has committed the chat call's request and its response.
+ROW_WAIT = """
+SELECT count(*) FROM requests q JOIN responses s ON s.request_id_fk = q.id
+WHERE q.request_id = {call}"""
+
+
+def _parameters(
+    request_id: Any, db_name: Any, app_user: Any, password_roles: Iterable[Any], head_rows: Any
+) -> dict[str, str]:
+    return {
+        "call": sql_literal(safe_request_id(request_id)),
+        "newest": str(int(head_rows)),
+        "database": sql_literal(db_name),
+        "user": sql_literal(app_user),
+        "roles": ", ".join(sql_literal(role) for role in password_roles),
+    }
+
+
+def report_queries(
+    request_id: Any, db_name: Any, app_user: Any, password_roles: Iterable[Any], head_rows: Any
+) -> dict[str, dict[str, str]]:
+    """QUERIES with the values filled in: {report file stem: {query name: sql}}."""
+    values = _parameters(request_id, db_name, app_user, password_roles, head_rows)
+    return {
+        report: {name: sql.strip().format(**values) for name, sql in named.items()}
+        for report, named in QUERIES.items()
+    }
+
+
+def queries(
+    request_id: Any, db_name: Any, app_user: Any, password_roles: Iterable[Any], head_rows: Any
+) -> dict[str, Any]:
+    """The filter ``evidence_queries``: what tasks/database.yml runs, ready for psql.
+
+    - request_id: the id the queries look for ('' when the chat call gave no usable one)
+    - row_wait: the count of the call's joined rows, polled while the writer commits
+    - reports: {report: ['--command=<sql>;', ...]} for ``psql --echo-queries``
+    - rows: one statement returning every report query's rows as one JSON object
+    """
+    by_report = report_queries(request_id, db_name, app_user, password_roles, head_rows)
+    named = {name: sql for report in by_report.values() for name, sql in report.items()}
+    values = _parameters(request_id, db_name, app_user, password_roles, head_rows)
+    rows = ",\n".join(
+        f"  {sql_literal(name)}, (SELECT coalesce(json_agg(report_row), '[]'::json)"
+        f" FROM (\n{sql}\n) AS report_row)"
+        for name, sql in named.items()
+    )
+    return {
+        "request_id": safe_request_id(request_id),
+        "row_wait": ROW_WAIT.strip().format(**values),
+        "reports": {
+            report: [f"--command={sql};" for sql in named_sql.values()]
+            for report, named_sql in by_report.items()
+        },
+        "rows": f"SELECT json_build_object(\n{rows}\n)",
+    }
+
+
+# --- small helpers -------------------------------------------------------------------------
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value).strip())
+    except (TypeError, ValueError):
+        return None
+
+
+def shown(value: Any) -> str:
+    """A figure as an operator reads it: '?' when not measured, decimals without exponent."""
+    if value is None or value == "":
+        return "?"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        return format(Decimal(repr(value)), "f")
+    return str(value)
+
+
+def _utc(epoch: int | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- systemd -------------------------------------------------------------------------------
+_PROPERTY = re.compile(r"^([A-Za-z][A-Za-z0-9]*)=(.*)$", re.MULTILINE)
+# MemoryCurrent of a unit without memory accounting (older systemd prints this, newer '[not set]').
+_UINT64_MAX = 2**64 - 1
+
+
+def systemctl_show(text: Any) -> dict[str, str]:
+    """``systemctl show --property=...`` output -> {property: value} (values stripped)."""
+    return {key: value.strip() for key, value in _PROPERTY.findall(str(text or ""))}
+
+
+def unit_started(properties: Mapping[str, Any]) -> int | None:
+    """ActiveEnterTimestamp (--timestamp=unix: '@<seconds>') as epoch seconds, None if never."""
+    value = str(properties.get("ActiveEnterTimestamp") or "").strip().lstrip("@")
+    started = _int(value)
+    return started if started else None
+
+
+def journal_since(properties: Mapping[str, Any]) -> str:
+    """journalctl --since for the unit's last start; 'today' when it never became active."""
+    started = unit_started(properties)
+    return f"@{started}" if started else "today"
+
+
+def service_figures(gateway: Mapping[str, Any]) -> dict[str, Any]:
+    properties = systemctl_show(gateway.get("unit_show"))
+    started = unit_started(properties)
+    clock = _int(gateway.get("clock"))
+    memory = _int(properties.get("MemoryCurrent"))
+    if memory is not None and (memory < 0 or memory >= _UINT64_MAX):
+        memory = None
+    active, sub = properties.get("ActiveState"), properties.get("SubState")
+    return {
+        "reported": bool(gateway),
+        "host": gateway.get("host") or None,
+        "unit": gateway.get("unit_name") or properties.get("Id") or None,
+        "collection_error": gateway.get("error") or "",
+        "properties": properties,
+        "load_state": properties.get("LoadState"),
+        "active_state": active,
+        "sub_state": sub,
+        "running": active == "active" and sub == "running",
+        "main_pid": _int(properties.get("MainPID")),
+        "restarts": _int(properties.get("NRestarts")),
+        "started_at": started,
+        "started_at_utc": _utc(started),
+        "uptime_s": clock - started if started and clock and clock >= started else None,
+        "memory_bytes": memory,
+        "memory_mib": round(memory / 1048576, 1) if memory is not None else None,
+        "journal_since": gateway.get("journal_since") or journal_since(properties),
+    }
+
+
+# --- the app's db_connected journal line -----------------------------------------------------
+# llm_gateway.events.emit_event writes '<event> {json}' to stderr; the journal prefixes it
+# (--output=short-iso-precise: '<time> <host> <identifier>[<pid>]: ').
+_DB_CONNECTED = re.compile(r"(?:^|\s)db_connected (\{.*\})\s*$")
+
+
+def db_connected(lines: Iterable[Any]) -> dict[str, Any]:
+    """The workers' ``db_connected`` events among journal lines.
+
+    A line that only mentions the word (a traceback, grep's own notes) is not an event; an
+    event whose JSON cannot be read is counted as unreadable (it proves no TLS).
+    """
+    events: list[dict[str, Any]] = []
+    unreadable = 0
+    for line in lines or []:
+        match = _DB_CONNECTED.search(str(line))
+        if match is None:
+            continue
+        try:
+            facts = json.loads(match.group(1))
+        except ValueError:
+            unreadable += 1
+            continue
+        if not isinstance(facts, dict) or facts.get("event", "db_connected") != "db_connected":
+            unreadable += 1
+            continue
+        events.append(facts)
+    without_tls = [event for event in events if event.get("ssl") is not True]
+    return {
+        "events": len(events),
+        "tls": len(events) - len(without_tls),
+        "without_tls": [
+            f"pid {shown(event.get('pid'))} ssl {shown(event.get('ssl'))}" for event in without_tls
+        ],
+        "unreadable": unreadable,
+        "last": events[-1] if events else {},
+    }
+
+
+# --- the chat call ---------------------------------------------------------------------------
+def chat_figures(chat: Mapping[str, Any]) -> dict[str, Any]:
+    headers = chat.get("headers") or {}
+    response = chat.get("response")
+    usage = (response.get("usage") if isinstance(response, Mapping) else None) or {}
+    return {
+        "status": _int(chat.get("status")),
+        "error": chat.get("error") or "",
+        "request_id": headers.get("X-Request-ID") or "",
+        "total_latency": headers.get("X-Total-Latency") or "",
+        "db_overhead": headers.get("X-DB-Overhead") or "",
+        "prompt_tokens": usage.get("prompt_tokens"),
+        "completion_tokens": usage.get("completion_tokens"),
+        "total_tokens": usage.get("total_tokens"),
+    }
+
+
+# --- Prometheus text (GET /metrics) ------------------------------------------------------------
+_SAMPLE = re.compile(
+    r'^(?P<name>[A-Za-z_:][A-Za-z0-9_:]*)(?:\{(?P<labels>(?:[^"}]|"(?:[^"\\]|\\.)*")*)\})?'
+    r"\s+(?P<value>\S+)"
+)
+_LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+# The app's metrics (app/src/llm_gateway/metrics.py) the summary shows, with what they mean.
+HISTOGRAMS = {
+    "llm_gateway_db_overhead_seconds": "time the request path spent handing the exchange to"
+    " the logger (X-DB-Overhead)",
+    "llm_gateway_writer_batch_commit_seconds": "the writer's batch commits",
+    "llm_gateway_request_latency_seconds": "whole chat requests, all models",
+}
+# Counters and gauges: summed over their labels (in multiprocess mode the gauges are
+# already aggregated over the workers: livesum, livemin, livemax).
+COUNTERS = {
+    "llm_gateway_requests_total": "chat requests answered, all models and statuses",
+    "llm_gateway_writer_exchanges_total": "exchanges committed to the database",
+    "llm_gateway_writer_failures_total": "failed batch commits",
+    "llm_gateway_spooled_total": "exchanges written to the on-disk spool",
+    "llm_gateway_writer_quarantined_total": "exchanges logged reduced or not at all",
+    "llm_gateway_exchanges_lost_total": "exchanges answered that will never reach the database",
+    "llm_gateway_writer_restarts_total": "writer tasks restarted after a failure",
+    "llm_gateway_writer_queue_depth": "exchanges waiting for the writer now",
+    "llm_gateway_spool_backlog": "exchanges on disk awaiting replay now",
+    "llm_gateway_writer_up": "1 while every live worker's writer runs",
+    "llm_gateway_writer_stalled": "1 while some worker's writer is not draining",
+}
+
+
+def parse_metrics(text: Any) -> list[tuple[str, dict[str, str], float]]:
+    """Samples of the Prometheus text format: (name, labels, value); comments skipped."""
+    samples = []
+    for line in str(text or "").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = _SAMPLE.match(line)
+        if match is None:
+            continue
+        try:
+            value = float(match.group("value"))
+        except ValueError:
+            continue
+        labels = {
+            key: raw.replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\")
+            for key, raw in _LABEL.findall(match.group("labels") or "")
+        }
+        samples.append((match.group("name"), labels, value))
+    return samples
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.6g}"
+
+
+def histogram(samples: Iterable[tuple[str, dict[str, str], float]], name: str) -> dict[str, Any]:
+    """A histogram summed over its other labels, with p50 and p99 as bucket bounds.
+
+    A percentile is the upper bound of the first bucket whose cumulative count reaches the
+    quantile: as precise as the buckets, never an interpolation ('<= 0.05 ms'; '> 10 ms'
+    when it falls in the +Inf bucket; 'no sample' before the first observation).
+    """
+    buckets: dict[float, float] = {}
+    count = total = 0.0
+    for sample, labels, value in samples:
+        if sample == f"{name}_bucket" and "le" in labels:
+            bound = float(labels["le"])
+            buckets[bound] = buckets.get(bound, 0.0) + value
+        elif sample == f"{name}_count":
+            count += value
+        elif sample == f"{name}_sum":
+            total += value
+    bounds = sorted(buckets)
+    observations = buckets.get(math.inf, count)
+    finite = [bound for bound in bounds if math.isfinite(bound)]
+
+    def percentile(quantile: float) -> tuple[str, float | None]:
+        if observations <= 0:
+            return "no sample", None
+        for bound in bounds:
+            if buckets[bound] >= quantile * observations:
+                if math.isinf(bound):
+                    break
+                return f"<= {_ms(bound)} ms", float(_ms(bound))
+        return (f"> {_ms(finite[-1])} ms" if finite else "above every bucket"), None
+
+    p50, p50_ms = percentile(0.5)
+    p99, p99_ms = percentile(0.99)
+    return {
+        "metric": name,
+        "about": HISTOGRAMS.get(name, ""),
+        "count": int(observations),
+        "sum_seconds": total,
+        "p50": p50,
+        "p99": p99,
+        "p50_ms_at_most": p50_ms,
+        "p99_ms_at_most": p99_ms,
+        "buckets": [["+Inf" if math.isinf(b) else f"{b:g}", int(buckets[b])] for b in bounds],
+    }
+
+
+def metrics_figures(text: Any, http_status: Any = None) -> dict[str, Any]:
+    """What the summary shows from GET /metrics (all workers: multiprocess mode)."""
+    samples = parse_metrics(text)
+    counters = []
+    for name, about in COUNTERS.items():
+        found = [value for sample, _, value in samples if sample == name]
+        total = sum(found) if found else None
+        counters.append(
+            {
+                "metric": name,
+                "about": about,
+                "value": int(total) if total is not None and total.is_integer() else total,
+            }
+        )
+    return {
+        "http_status": _int(http_status),
+        "samples": len(samples),
+        "histograms": [histogram(samples, name) for name in HISTOGRAMS],
+        "counters": counters,
+    }
+
+
+# --- the database's rows (the report queries as JSON) ---------------------------------------
+_CASCADE_FK = re.compile(r"REFERENCES (?:public\.)?requests\(id\) ON DELETE CASCADE")
+
+
+def _load_rows(text: Any) -> tuple[dict[str, Any], str]:
+    if isinstance(text, Mapping):
+        return dict(text), ""
+    if not str(text or "").strip():
+        return {}, "no rows returned"
+    try:
+        rows = json.loads(str(text))
+    except ValueError as exc:
+        return {}, f"rows unreadable: {exc}"
+    if not isinstance(rows, dict):
+        return {}, "rows unreadable: not a JSON object"
+    return rows, ""
+
+
+def database_figures(database: Mapping[str, Any]) -> dict[str, Any]:
+    """The figures the criteria judge, from the rows of the report queries.
+
+    Keys match the old figures query (figures.json "figures"); None means not measured.
+    """
+    settings = database.get("settings") or {}
+    db_name = settings.get("db_name")
+    roles = [str(role) for role in settings.get("password_roles") or []]
+    rows, rows_error = _load_rows(database.get("rows"))
+    request_id = safe_request_id(database.get("request_id"))
+
+    def table(name: str) -> list[dict[str, Any]] | None:
+        value = rows.get(name)
+        return [row for row in value if isinstance(row, dict)] if isinstance(value, list) else None
+
+    def first(name: str, column: str) -> Any:
+        found = table(name)
+        return found[0].get(column) if found else None
+
+    figures: dict[str, Any] = {
+        "reported": bool(database),
+        "host": database.get("host") or None,
+        "collection_error": database.get("error") or "",
+        "rows_error": (database.get("rows_error") or rows_error) if not rows else "",
+        "db_name": db_name,
+        "app_user": settings.get("app_user"),
+        "request_id": request_id,
+        "row_wait_attempts": _int(database.get("row_wait_attempts")),
+    }
+
+    pg_settings = {row.get("name"): row.get("setting") for row in table("settings") or []}
+    figures.update(
+        server_version=pg_settings.get("server_version"),
+        password_encryption=pg_settings.get("password_encryption"),
+        ssl=pg_settings.get("ssl"),
+    )
+
+    verifiers = table("verifiers")
+    kinds = {row.get("rolname"): row.get("verifier_kind") for row in verifiers or []}
+    without_scram = [
+        f"{role} ({kinds.get(role) or 'not listed'})"
+        for role in roles
+        if kinds.get(role) != "SCRAM-SHA-256"
+    ]
+    figures.update(
+        password_roles=len(roles),
+        scram_roles=len(roles) - len(without_scram) if verifiers is not None else None,
+        roles_without_scram=without_scram if verifiers is not None else None,
+    )
+
+    sessions = table("app_sessions")
+    if sessions is None:
+        figures.update(app_sessions=None, app_sessions_tls=None, app_sessions_tls_versions=None)
+        figures["sessions_without_tls"] = None
+    else:
+        tls = [row for row in sessions if row.get("ssl") is True]
+        figures.update(
+            app_sessions=len(sessions),
+            app_sessions_tls=len(tls),
+            app_sessions_tls_versions=",".join(sorted({str(row.get("version")) for row in tls})),
+            sessions_without_tls=[
+                f"pid {shown(row.get('pid'))} from {row.get('client_addr') or 'the local socket'}"
+                for row in sessions
+                if row.get("ssl") is not True
+            ],
+        )
+
+    hba = table("hba_rules")
+    if hba is None:
+        figures.update(hba_network_rules=None, hba_network_rules_not_tls_scram=None)
+        figures["hba_rules_not_tls_scram"] = None
+    else:
+        network = [
+            rule
+            for rule in hba
+            if rule.get("type") not in (None, "local")
+            and {db_name, "all"} & set(rule.get("database") or [])
+        ]
+        weak = [
+            rule
+            for rule in network
+            if rule.get("type") != "hostssl" or rule.get("auth_method") != "scram-sha-256"
+        ]
+        figures.update(
+            hba_network_rules=len(network),
+            hba_network_rules_not_tls_scram=len(weak),
+            hba_rules_not_tls_scram=[
+                f"line {shown(rule.get('line_number'))} ({rule.get('type')},"
+                f" {rule.get('auth_method')})"
+                for rule in weak
+            ],
+        )
+
+    requests = table("requests_newest")
+    responses = table("responses_newest")
+    call_requests = [
+        row for row in requests or [] if request_id and row.get("request_id") == request_id
+    ]
+    call_responses = [
+        row for row in responses or [] if request_id and row.get("request_id") == request_id
+    ]
+    call = None
+    if call_requests:
+        request = call_requests[0]
+        response = call_responses[0] if call_responses else {}
+        call = {
+            "id": request.get("id"),
+            "request_status": request.get("status_code"),
+            "model": request.get("model"),
+            "key_alias": request.get("key_alias"),
+            "user": request.get("user"),
+            "response_id": response.get("id"),
+            "response_status": response.get("status_code"),
+            "latency_ms": response.get("latency_ms"),
+            "prompt_tokens": response.get("prompt_tokens"),
+            "completion_tokens": response.get("completion_tokens"),
+            "tokens_used": response.get("tokens_used"),
+            "cost": response.get("cost"),
+        }
+    foreign_keys = table("foreign_keys")
+    figures.update(
+        requests_total=first("requests_total", "requests_total"),
+        responses_total=first("responses_total", "responses_total"),
+        call_requests=len(call_requests) if requests is not None else None,
+        call_responses=len(call_responses) if responses is not None else None,
+        call=call,
+        requests_without_response=first("orphans", "requests_without_response"),
+        responses_without_request=first("orphans", "responses_without_request"),
+        fk_definitions=(
+            [str(row.get("definition")) for row in foreign_keys]
+            if foreign_keys is not None
+            else None
+        ),
+    )
+    return figures
+
+
+def measure(gateway: Mapping[str, Any] | None, database: Mapping[str, Any] | None) -> dict:
+    """The filter ``evidence_measure``: every figure of the bundle, from the handed-over facts."""
+    gateway = gateway or {}
+    database = database or {}
+    return {
+        "service": service_figures(gateway),
+        "db_connected": db_connected(gateway.get("db_connect_lines") or []),
+        "chat": chat_figures(gateway.get("chat") or {}),
+        "metrics": metrics_figures(gateway.get("metrics"), gateway.get("metrics_status")),
+        "database": database_figures(database),
+        "database_rows": _load_rows(database.get("rows"))[0],
+    }
+
+
+# --- the secret guard ----------------------------------------------------------------------
+WITHHELD = "withheld: the collected content contained a deployment secret\n"
+
+
+def withhold(files: Mapping[str, Any], secrets: Iterable[Any]) -> dict[str, Any]:
+    """The filter ``evidence_withhold``: files holding a secret (as is, or JSON-escaped) are
+    replaced by a notice. Empty values are not secrets. Run it under no_log: its input is."""
+    values = sorted({str(secret) for secret in secrets or [] if secret not in (None, "")})
+    forms = {form for value in values for form in (value, json.dumps(value)[1:-1]) if form}
+    leaking = sorted(
+        name for name, content in files.items() if any(form in str(content) for form in forms)
+    )
+    return {
+        "files": {
+            name: WITHHELD if name in leaking else content for name, content in files.items()
+        },
+        "withheld": leaking,
+        "secrets_searched": len(values),
+        "files_searched": len(files),
+    }
+
+
+# --- the criteria ----------------------------------------------------------------------------
+def _criterion(name: str, why: list[str], figure: str, source: str) -> dict[str, Any]:
+    return {"name": name, "passed": not why, "figure": figure, "why": why, "source": source}
+
+
+def _gateway_missing(service: Mapping[str, Any]) -> list[str]:
+    if not service["reported"]:
+        return ["the gateway play did not report (host unreachable or play not run)"]
+    return []
+
+
+def _database_missing(database: Mapping[str, Any]) -> list[str]:
+    if not database["reported"]:
+        return ["the database play did not report (host unreachable or play not run)"]
+    if database["rows_error"]:
+        stopped = database["collection_error"]
+        return [
+            f"the database figures are missing: {database['rows_error']}"
+            + (f" (collection stopped: {stopped})" if stopped else "")
+        ]
+    return []
+
+
+def _service_running(figures: Mapping[str, Any]) -> dict[str, Any]:
+    service = figures["service"]
+    why = _gateway_missing(service)
+    if service["reported"] and not service["properties"]:
+        why.append("systemctl show returned no properties")
+    elif service["reported"]:
+        if service["active_state"] != "active":
+            why.append(f"ActiveState is {shown(service['active_state'])}, not active")
+        if service["sub_state"] != "running":
+            why.append(f"SubState is {shown(service['sub_state'])}, not running")
+    uptime = service["uptime_s"]
+    memory = service["memory_mib"]
+    figure = (
+        f"{shown(service['unit'])} on {shown(service['host'])}:"
+        f" {service['active_state'] or 'unknown'} ({service['sub_state'] or 'unknown'}),"
+        f" up {shown(uptime)} s, main PID {shown(service['main_pid'])},"
+        f" restarts {shown(service['restarts'])},"
+        f" memory {f'{shown(memory)} MiB' if memory is not None else 'n/a'}"
+    )
+    return _criterion("Service running", why, figure, "service_status.txt")
+
+
+def _database_connectivity(figures: Mapping[str, Any]) -> dict[str, Any]:
+    connected, database = figures["db_connected"], figures["database"]
+    why = _gateway_missing(figures["service"])
+    if figures["service"]["reported"]:
+        if connected["events"] == 0:
+            why.append("no db_connected line in the journal since the unit's last start")
+        if connected["without_tls"]:
+            why.append(
+                f"{len(connected['without_tls'])} of {connected['events']} db_connected"
+                f" line(s) without TLS: {', '.join(connected['without_tls'])}"
+            )
+        if connected["unreadable"]:
+            why.append(f"{connected['unreadable']} db_connected line(s) unreadable")
+    missing = _database_missing(database)
+    why += missing
+    if not missing:
+        if database["password_encryption"] != "scram-sha-256":
+            why.append(
+                f"password_encryption is {shown(database['password_encryption'])},"
+                " not scram-sha-256"
+            )
+        if database["roles_without_scram"]:
+            why.append(
+                "no SCRAM-SHA-256 verifier for " + ", ".join(database["roles_without_scram"])
+            )
+        if database["roles_without_scram"] is None:
+            why.append("the roles' verifiers were not measured")
+        if not database["hba_network_rules"]:
+            why.append(f"no pg_hba network rule for {shown(database['db_name'])}")
+        if database["hba_rules_not_tls_scram"]:
+            why.append(
+                "pg_hba network rule(s) not hostssl+scram-sha-256: "
+                + ", ".join(database["hba_rules_not_tls_scram"])
+            )
+        if database["sessions_without_tls"]:
+            why.append(
+                f"live session(s) of {shown(database['app_user'])} without TLS: "
+                + ", ".join(database["sessions_without_tls"])
+            )
+        if database["sessions_without_tls"] is None:
+            why.append("the gateway's live sessions were not measured")
+    last = connected["last"]
+    figure = (
+        f"{connected['events']} db_connected line(s) since start;"
+        f" server {shown(last.get('server_version'))}, TLS {shown(last.get('ssl'))}"
+        f" ({shown(last.get('ssl_version'))}), pool_size {shown(last.get('pool_size'))}"
+        f" + max_overflow {shown(last.get('max_overflow'))}, user {shown(last.get('db_user'))};"
+        f" live sessions of {shown(database['app_user'])}: {shown(database['app_sessions_tls'])}"
+        f"/{shown(database['app_sessions'])}"
+        f" on TLS ({database['app_sessions_tls_versions'] or ''});"
+        f" SCRAM-SHA-256 verifiers {shown(database['scram_roles'])}"
+        f"/{shown(database['password_roles'])},"
+        f" password_encryption {shown(database['password_encryption'])};"
+        f" pg_hba network rules for {shown(database['db_name'])}:"
+        f" {shown(database['hba_network_rules'])}, not hostssl+scram-sha-256:"
+        f" {shown(database['hba_network_rules_not_tls_scram'])}"
+    )
+    return _criterion(
+        "Database connectivity (SCRAM, TLS)",
+        why,
+        figure,
+        "gateway_db_connect.log, db_security.txt",
+    )
+
+
+def _api_call(figures: Mapping[str, Any]) -> dict[str, Any]:
+    chat = figures["chat"]
+    error = chat["error"]
+    why = _gateway_missing(figures["service"])
+    if figures["service"]["reported"]:
+        if chat["status"] != 200:
+            why.append(
+                f"HTTP {shown(chat['status'])}"
+                + (f": {chat['error']}" if chat["error"] else "")
+                + ", not 200"
+            )
+        if not chat["request_id"]:
+            why.append("no X-Request-ID header in the response")
+    figure = (
+        f"HTTP {shown(chat['status'])}{f' ({error})' if error else ''},"
+        f" X-Request-ID {chat['request_id'] or 'missing'},"
+        f" X-Total-Latency {chat['total_latency']}, X-DB-Overhead {chat['db_overhead']},"
+        f" tokens {shown(chat['prompt_tokens'])} prompt + {shown(chat['completion_tokens'])}"
+        f" completion = {shown(chat['total_tokens'])}"
+    )
+    return _criterion("API call 200", why, figure, "chat_call.json")
+
+
+def _call_id_missing(figures: Mapping[str, Any]) -> list[str]:
+    if figures["database"]["request_id"]:
+        return []
+    if figures["chat"]["request_id"]:
+        return [
+            f"the chat call's X-Request-ID {figures['chat']['request_id']!r} is not a plain token"
+        ]
+    return ["the chat call returned no X-Request-ID to look for"]
+
+
+def _request_logged(figures: Mapping[str, Any]) -> dict[str, Any]:
+    database = figures["database"]
+    call = database["call"] or {}
+    request_id = figures["chat"]["request_id"] or database["request_id"]
+    why = _database_missing(database) or _call_id_missing(figures)
+    if not why and database["call_requests"] != 1:
+        why.append(f"{shown(database['call_requests'])} rows in requests for {request_id}, not 1")
+    figure = (
+        f"{shown(database['call_requests'])} row in requests for {request_id or '?'}"
+        f" (id {shown(call.get('id'))}, model {shown(call.get('model'))},"
+        f" status {shown(call.get('request_status'))}, key alias {shown(call.get('key_alias'))});"
+        f" {shown(database['requests_total'])} requests in total"
+    )
+    return _criterion("Request logged", why, figure, "requests_head.txt")
+
+
+def _response_logged(figures: Mapping[str, Any]) -> dict[str, Any]:
+    database = figures["database"]
+    call = database["call"] or {}
+    why = _database_missing(database) or _call_id_missing(figures)
+    if not why and database["call_responses"] != 1:
+        why.append(
+            f"{shown(database['call_responses'])} rows in responses for"
+            f" {database['request_id']}, not 1"
+            f" (after {shown(database['row_wait_attempts'])} look(s))"
+        )
+    figure = (
+        f"{shown(database['call_responses'])} row in responses for it"
+        f" (id {shown(call.get('response_id'))}, status {shown(call.get('response_status'))},"
+        f" latency {shown(call.get('latency_ms'))} ms, tokens {shown(call.get('tokens_used'))},"
+        f" cost {shown(call.get('cost'))}); {shown(database['responses_total'])} responses in"
+        f" total; found after {shown(database['row_wait_attempts'])} look(s)"
+    )
+    return _criterion("Response logged", why, figure, "responses_head.txt")
+
+
+def _integrity(figures: Mapping[str, Any]) -> dict[str, Any]:
+    database = figures["database"]
+    call = database["call"] or {}
+    foreign_keys = database["fk_definitions"] or []
+    why = _database_missing(database)
+    if not why:
+        for key, text in (
+            ("requests_without_response", "requests without a response"),
+            ("responses_without_request", "responses without a request"),
+        ):
+            if database[key] != 0:
+                why.append(f"{shown(database[key])} {text}")
+        cascading = [fk for fk in foreign_keys if _CASCADE_FK.search(fk)]
+        if len(cascading) != 1:
+            why.append(
+                f"{len(cascading)} foreign keys of responses read"
+                " 'REFERENCES requests(id) ON DELETE CASCADE', not 1"
+            )
+        request_status, response_status = call.get("request_status"), call.get("response_status")
+        if request_status is None or response_status is None:
+            why.append("the chat call's request and response rows are not both there")
+        elif request_status != response_status:
+            why.append(
+                f"the chat call's response status {response_status} differs from its"
+                f" request status {request_status}"
+            )
+    figure = (
+        f"{shown(database['requests_without_response'])} requests without a response,"
+        f" {shown(database['responses_without_request'])} responses without a request;"
+        f" foreign key: {'; '.join(foreign_keys) or 'none'}"
+    )
+    return _criterion("Request/response integrity", why, figure, "join_check.txt")
+
+
+def _no_secret(guard: Mapping[str, Any]) -> dict[str, Any]:
+    why = []
+    if not guard.get("secrets_searched"):
+        why.append("no secret values to search for (evidence_secret_values resolved to nothing)")
+    if guard.get("withheld"):
+        why.append("withheld because they contained a secret: " + ", ".join(guard["withheld"]))
+    figure = (
+        f"{guard.get('secrets_searched', 0)} secret values searched in"
+        f" {guard.get('files_searched', 0)} files; withheld:"
+        f" {', '.join(guard.get('withheld') or []) or 'none'}"
+    )
+    return _criterion(
+        "No secret in the bundle", why, figure, "this playbook (the files themselves)"
+    )
+
+
+def judge(figures: Mapping[str, Any], guard: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The filter ``evidence_judge``: the acceptance criteria in their fixed order.
+
+    Each is {name, passed, figure (what was measured), why (reasons it fails), source}.
+    """
+    return [
+        _service_running(figures),
+        _database_connectivity(figures),
+        _api_call(figures),
+        _request_logged(figures),
+        _response_logged(figures),
+        _integrity(figures),
+        _no_secret(guard),
+    ]
+
+
+def verdict(criteria: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The filter ``evidence_verdict``: PASS only when there are criteria and all pass."""
+    criteria = list(criteria)
+    failed = [c for c in criteria if not c["passed"]]
+    return {
+        "result": "PASS" if criteria and not failed else "FAIL",
+        "passed": len(criteria) - len(failed),
+        "total": len(criteria),
+        "failed": [c["name"] for c in failed],
+        "lines": [
+            f"{'PASS' if c['passed'] else 'FAIL'} | {c['name']} | {c['figure']}" for c in criteria
+        ],
+        "reasons": [f"{c['name']}: {'; '.join(c['why'])}" for c in failed],
+    }
+
+
+class FilterModule:
+    """Ansible's entry point for the role's filters."""
+
+    def filters(self) -> dict[str, Any]:
+        return {
+            "evidence_queries": queries,
+            "evidence_systemctl_show": systemctl_show,
+            "evidence_journal_since": journal_since,
+            "evidence_measure": measure,
+            "evidence_withhold": withhold,
+            "evidence_judge": judge,
+            "evidence_verdict": verdict,
+        }
