@@ -5,10 +5,11 @@
 # (app/requirements.lock) for the target's Python and architecture, the lock file and the
 # same pins as pip constraints.
 #
-# The app is built from a clean export of the commit (git archive), never from the working
-# tree, so leftovers such as a stale app/build/lib cannot get into a release. Uncommitted
-# changes to tracked files are included through `git stash create` (a commit object made
-# without touching the tree or the stash); untracked files are not: `git add` them.
+# The app is built from a clean export (git archive of a tree object), never from the
+# working tree itself, so ignored leftovers such as a stale app/build/lib or *.egg-info
+# cannot get into a release. The tree is app/ as git would commit it now: tracked files
+# with their uncommitted changes plus new files that .gitignore does not exclude, staged
+# into a throwaway index so the real index and the stash stay untouched.
 #
 # The version is <pyproject version>+g<first 12 hex digits of the app/ tree's hash>: it
 # changes with every change under app/ and with nothing else, so the same code gives the
@@ -30,22 +31,21 @@ RELEASE_KEEP=${RELEASE_KEEP:-5}
 GLIBC_MINORS=$(seq 36 -1 17)
 targets=("${@:-3.13}")
 
-# stash create writes a commit object, which needs an identity even where none is set up.
-commit=$(GIT_AUTHOR_NAME=release GIT_AUTHOR_EMAIL=release@localhost \
-	GIT_COMMITTER_NAME=release GIT_COMMITTER_EMAIL=release@localhost git stash create)
-commit=${commit:-$(git rev-parse HEAD)}
-tree=$(git rev-parse "$commit:app")
-base_version=$(git show "$commit:app/pyproject.toml" | sed -n 's/^version = "\(.*\)"$/\1/p')
-version="$base_version+g${tree:0:12}"
-mkdir -p "$RELEASE_DIR"
-
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+export GIT_INDEX_FILE="$work/index"
+git read-tree HEAD
+git add --all app
+tree=$(git write-tree --prefix=app/)
+unset GIT_INDEX_FILE
+base_version=$(git cat-file blob "$tree:pyproject.toml" | sed -n 's/^version = "\(.*\)"$/\1/p')
+version="$base_version+g${tree:0:12}"
+mkdir -p "$RELEASE_DIR"
 
 exported=false
 export_app() {
 	$exported && return
-	git archive --format=tar "$commit" app | tar -x -C "$work"
+	git archive --format=tar --prefix=app/ "$tree" | tar -x -C "$work"
 	sed -i "s/^version = \".*\"$/version = \"$version\"/" "$work/app/pyproject.toml"
 	"$PYTHON" -m pip wheel --quiet --disable-pip-version-check --no-deps \
 		--wheel-dir "$work/app-wheel" "$work/app"
