@@ -7,7 +7,7 @@ set -euo pipefail
 packages=(
   podman runc slirp4netns uidmap containernetworking-plugins fuse-overlayfs  # lab containers
   debootstrap                                                                # lab image
-  python3 python3-venv make git rsync curl                                   # controller tools
+  python3 python3-venv make git rsync curl openssh-client                    # controller tools
   postgresql wrk                                                             # app tests, bench
 )
 containers_conf=/etc/containers/containers.conf

@@ -12,12 +12,12 @@ inventory group, so a database test never runs on the gateway:
 Journal on failure: when a test marked ``@pytest.mark.systemd_unit(...)`` fails, the
 last 100 journal lines of each named unit on that host are added to the failure report.
 
-Fixtures: ``host`` is testinfra's, but hosts that Ansible reaches with
-containers.podman.podman are driven with testinfra's podman backend (``podman exec``)
-instead of one ansible-playbook run per command; ``hostvars`` (the host's inventory
-variables, untemplated), ``group_host`` (a testinfra host of another group, e.g. the
-database host from a gateway test) and ``credential`` (a lab-generated secret read on
-the controller).
+Fixtures: ``host`` is testinfra's, reached over SSH as Ansible reaches it (the ``deploy``
+user, the key and the pinned host keys of the SSH client configuration lab_up.yml writes,
+commands through sudo) rather than one ansible-playbook run per command; ``hostvars``
+(the host's inventory variables, untemplated), ``group_host`` (a testinfra host of
+another group, e.g. the database host from a gateway test) and ``credential`` (a
+lab-generated secret read on the controller).
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ import yaml
 from testinfra.utils.ansible_runner import AnsibleRunner
 
 JOURNAL_LINES = 100
-# molecule's podman driver writes the short name, inventory/lab the full one.
-PODMAN_CONNECTIONS = {"podman", "containers.podman.podman"}
 REPOSITORY = Path(__file__).resolve().parents[3]
 # The deployment's shared values (database and role names, ports, paths), read from the one
 # place that defines them; the literal ones are all the tests need.
@@ -64,12 +62,27 @@ def _testinfra_host(item: pytest.Item) -> Any | None:
     return callspec.params.get("_testinfra_host") if callspec else None
 
 
+def secrets_dir() -> Path:
+    """Where the deployment generated its lab secrets and SSH keys on the controller.
+
+    molecule: <ephemeral dir>/secrets (molecule/default/inventory.yml); otherwise the
+    lab's .lab/. DEPLOY_SECRETS_DIR overrides both.
+    """
+    if "DEPLOY_SECRETS_DIR" in os.environ:
+        return Path(os.environ["DEPLOY_SECRETS_DIR"])
+    if "MOLECULE_EPHEMERAL_DIRECTORY" in os.environ:
+        return Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "secrets"
+    return REPOSITORY / ".lab"
+
+
+SSH_CONFIG = secrets_dir() / "ssh" / "config"
+
+
 def _direct(ansible_host: Any) -> Any:
-    """The same host through podman exec when Ansible reaches it that way."""
-    variables = ansible_host.ansible.get_variables()
-    if variables.get("ansible_connection") not in PODMAN_CONNECTIONS:
-        return ansible_host
-    return testinfra.get_host(f"podman://{variables['inventory_hostname']}")
+    """The same host over SSH with sudo, through the lab's SSH client configuration (the
+    inventory's SSH options are templates, which testinfra cannot expand)."""
+    name = ansible_host.ansible.get_variables()["inventory_hostname"]
+    return testinfra.get_host(f"ssh://{name}", ssh_config=str(SSH_CONFIG), sudo=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -130,18 +143,8 @@ def group_host(request: pytest.FixtureRequest) -> Callable[[str], Any]:
 
 @pytest.fixture(scope="session")
 def credentials_dir() -> Path:
-    """Where the deployment generated its lab secrets on the controller.
-
-    molecule: <ephemeral dir>/secrets/credentials (molecule/default/inventory.yml);
-    otherwise the lab's .lab/credentials. DEPLOY_SECRETS_DIR overrides both.
-    """
-    if "DEPLOY_SECRETS_DIR" in os.environ:
-        secrets_dir = Path(os.environ["DEPLOY_SECRETS_DIR"])
-    elif "MOLECULE_EPHEMERAL_DIRECTORY" in os.environ:
-        secrets_dir = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "secrets"
-    else:
-        secrets_dir = REPOSITORY / ".lab"
-    return secrets_dir / "credentials"
+    """The lab-generated secrets (credentials/ of secrets_dir())."""
+    return secrets_dir() / "credentials"
 
 
 @pytest.fixture(scope="session")
