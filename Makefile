@@ -52,7 +52,7 @@ image: host-deps ## Build the Debian 13 systemd image unless its recipe is uncha
 wheelhouse: venv ## Build the release artifact build/llm-gateway-<version>-py<XY>-<arch>.tar from the commit
 	PYTHON=$(VENV)/bin/python scripts/build-release.sh $(TARGET_PYTHONS)
 
-lab-hosts: host-deps venv image ## Start the lab containers lab-db and lab-gateway
+lab-hosts: host-deps venv image ## Start the lab containers lab-lb, lab-gateway1, lab-gateway2 and lab-db
 	ansible-playbook -i inventory/lab lab_up.yml
 
 lab: lab-hosts wheelhouse ## The whole lab: hosts, site.yml, evidence; prints how to use it

@@ -130,15 +130,23 @@ def hostvars(_testinfra_host: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def group_host(request: pytest.FixtureRequest) -> Callable[[str], Any]:
-    """Returns the testinfra host of the first inventory host in a group."""
+def group_hosts(request: pytest.FixtureRequest) -> Callable[[str], list[Any]]:
+    """Returns the testinfra hosts of every inventory host in a group."""
     inventory = request.config.option.ansible_inventory
 
-    def first_host_of(group: str) -> Any:
-        name = AnsibleRunner(inventory).get_hosts(group)[0]
-        return _direct(testinfra.get_host(f"ansible://{name}", ansible_inventory=inventory))
+    def hosts_of(group: str) -> list[Any]:
+        return [
+            _direct(testinfra.get_host(f"ansible://{name}", ansible_inventory=inventory))
+            for name in AnsibleRunner(inventory).get_hosts(group)
+        ]
 
-    return first_host_of
+    return hosts_of
+
+
+@pytest.fixture(scope="session")
+def group_host(group_hosts: Callable[[str], list[Any]]) -> Callable[[str], Any]:
+    """Returns the testinfra host of the first inventory host in a group."""
+    return lambda group: group_hosts(group)[0]
 
 
 @pytest.fixture(scope="session")

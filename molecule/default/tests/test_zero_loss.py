@@ -1,0 +1,210 @@
+"""Nothing is lost while the deployment changes under load: steady traffic through the
+balancer (plain calls and streams, the official `openai` client with its own retries
+off) while (a) PostgreSQL restarts and (b) a rolling deploy of a changed app version goes
+across every gateway. Each time: no failed call (no 5xx, no connection error, no
+truncated stream), and every answered call has exactly one request row and one response
+row. Bounded: a few concurrent clients, stopped when the change is over."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from conftest import REPOSITORY, SHARED, psql
+
+CLIENTS = 4
+# Long enough for the traffic to straddle the change, short enough to stay cheap.
+SETTLE_SECONDS = 5
+ROWS_WAIT_SECONDS = 90
+MODEL = "fake-gpt"
+
+pytestmark = [pytest.mark.host_group("loadbalancer")]
+
+
+@dataclass
+class Traffic:
+    """Calls made until stopped; ids of the answered ones, and every failure."""
+
+    client: openai.OpenAI
+    user: str
+    answered: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    streams: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def plain(self) -> str:
+        raw = self.client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], user=self.user
+        )
+        completion = raw.parse()
+        assert completion.choices[0].message.content, "empty answer"
+        return raw.headers["x-request-id"]
+
+    def stream(self) -> str:
+        raw = self.client.chat.completions.with_raw_response.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "hi"}],
+            user=self.user,
+            stream=True,
+        )
+        finish = None
+        for chunk in raw.parse():
+            if chunk.choices and chunk.choices[0].finish_reason:
+                finish = chunk.choices[0].finish_reason
+        assert finish == "stop", f"stream ended without finish_reason stop ({finish})"
+        with self.lock:
+            self.streams += 1
+        return raw.headers["x-request-id"]
+
+    def run(self, stop: threading.Event, streaming: bool) -> None:
+        while not stop.is_set():
+            try:
+                request_id = self.stream() if streaming else self.plain()
+            except Exception as exc:  # every kind of failure counts, whatever raised it
+                with self.lock:
+                    self.failures.append(f"{type(exc).__name__}: {exc}"[:300])
+            else:
+                with self.lock:
+                    self.answered.append(request_id)
+
+
+@contextmanager
+def traffic(address: str, key: str) -> Iterator[Traffic]:
+    client = openai.OpenAI(
+        base_url=f"http://{address}:{SHARED['gateway_port']}/v1",
+        api_key=key,
+        max_retries=0,  # a retry would hide the failure this test looks for
+        timeout=60,
+    )
+    load = Traffic(client=client, user=f"zero-loss-{uuid.uuid4().hex[:12]}")
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=load.run, args=(stop, index % 2 == 1), daemon=True)
+        for index in range(CLIENTS)
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(SETTLE_SECONDS)
+    try:
+        yield load
+        time.sleep(SETTLE_SECONDS)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=120)
+
+
+def rows_per_call(db_host: Any, user: str) -> dict[str, tuple[int, int]]:
+    rows = psql(
+        db_host,
+        "SELECT q.request_id, count(DISTINCT q.id), count(s.id) FROM requests q"
+        " LEFT JOIN responses s ON s.request_id_fk = q.id"
+        f" WHERE q.\"user\" = '{user}' GROUP BY q.request_id",
+    )
+    counts = {}
+    for line in rows.splitlines():
+        request_id, requests, responses = line.split("|")
+        counts[request_id] = (int(requests), int(responses))
+    return counts
+
+
+def judge(db_host: Any, load: Traffic, what: str) -> None:
+    """Wait for the writers (and any spool replay) to catch up, then count."""
+    answered = set(load.answered)
+    deadline = time.monotonic() + ROWS_WAIT_SECONDS
+    while True:
+        counts = rows_per_call(db_host, load.user)
+        lost = [rid for rid in answered if min(counts.get(rid, (0, 0))) == 0]
+        if not lost or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    duplicated = [rid for rid in answered if max(counts.get(rid, (0, 0))) > 1]
+    print(
+        f"{what}: calls={len(load.answered) + len(load.failures)} answered={len(answered)}"
+        f" streams={load.streams} failed={len(load.failures)} lost={len(lost)}"
+        f" duplicated={len(duplicated)}"
+    )
+    assert len(answered) > 0
+    assert load.failures == [], load.failures[:5]
+    assert lost == [], lost[:5]
+    assert duplicated == [], {rid: counts[rid] for rid in duplicated[:5]}
+
+
+@pytest.fixture(scope="module")
+def address(hostvars: dict[str, Any]) -> str:
+    return hostvars["service_address"]
+
+
+@pytest.fixture(scope="module")
+def master_key(credential: Callable[[str], str]) -> str:
+    return credential("gateway_master_key")
+
+
+def test_a_database_restart_under_load_loses_nothing(
+    address: str, master_key: str, group_host: Callable[[str], Any]
+) -> None:
+    db_host = group_host("database")
+    with traffic(address, master_key) as load:
+        restarted = db_host.run("systemctl restart postgresql@17-main.service")
+        assert restarted.rc == 0, restarted.stderr
+    judge(db_host, load, "database restart")
+
+
+def build_changed_release(workdir: Path) -> tuple[Path, str]:
+    """A release of the same code with one more line: a new version, as any change makes."""
+    clone = workdir / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(REPOSITORY), str(clone)], check=True)
+    with (clone / "app/src/llm_gateway/__init__.py").open("a") as module:
+        module.write(f"# rolling deploy test {uuid.uuid4().hex}\n")
+    release_dir = workdir / "build"
+    subprocess.run(
+        [str(clone / "scripts/build-release.sh")],
+        check=True,
+        env={**os.environ, "PYTHON": sys.executable, "RELEASE_DIR": str(release_dir)},
+        cwd=clone,
+    )
+    return release_dir, (release_dir / "VERSION").read_text().strip()
+
+
+def test_a_rolling_deploy_under_load_loses_nothing(
+    address: str,
+    master_key: str,
+    group_host: Callable[[str], Any],
+    group_hosts: Callable[[str], list[Any]],
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+) -> None:
+    release_dir, version = build_changed_release(tmp_path)
+    inventory = request.config.option.ansible_inventory
+    with traffic(address, master_key) as load:
+        deploy = subprocess.run(
+            [
+                str(Path(sys.executable).with_name("ansible-playbook")),
+                "-i",
+                inventory,
+                str(REPOSITORY / "gateway.yml"),
+                "-e",
+                f"gateway_release_dir={release_dir}",
+                "-e",
+                f"gateway_release_version={version}",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPOSITORY,
+            check=False,
+        )
+    assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-2000:]
+    for gateway in group_hosts("gateway"):
+        assert gateway.file("/opt/llm-gateway/current").linked_to.endswith(version)
+    judge(group_host("database"), load, "rolling deploy")
