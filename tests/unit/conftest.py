@@ -1,8 +1,9 @@
 """Unit tests of the evidence role's decisions (roles/evidence/filter_plugins/evidence.py).
 
 The filter plugin is plain Python: its directory goes on sys.path so that the tests
-``import evidence``. The fixtures are the facts of a healthy deployment (samples.py);
-each test changes one thing and checks what an operator would see.
+``import evidence``. The fixtures are the facts of a healthy deployment (samples.py: a
+balancer in front of two gateways, one database); each test changes one thing and checks
+what an operator would see.
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 FILTER_PLUGINS = REPOSITORY / "roles" / "evidence" / "filter_plugins"
 if str(FILTER_PLUGINS) not in sys.path:
     sys.path.insert(0, str(FILTER_PLUGINS))
+
+
+@pytest.fixture
+def deployment() -> samples.Deployment:
+    """A healthy deployment shaped like the molecule scenario (balancer, two gateways, db)."""
+    return samples.Deployment()
 
 
 @pytest.fixture
@@ -37,5 +44,5 @@ def guard() -> dict[str, Any]:
         "files": {},
         "withheld": [],
         "secrets_searched": len(samples.SECRETS),
-        "files_searched": 8,
+        "files_searched": 9,
     }

@@ -1,15 +1,19 @@
 """Realistic facts the evidence role's remote plays hand to the controller.
 
-What tasks/gateway.yml and tasks/database.yml hand over (evidence_gateway,
-evidence_database) on a healthy deployment, built from raw material in data/:
-``systemctl show`` output, the app's ``db_connected`` journal lines (llm_gateway.events
-format), its multiprocess ``/metrics`` text, and psql's JSON rows of the report queries
-(captured from a PostgreSQL server holding the app's schema and one chat call).
+What tasks/chat.yml, gateway.yml, balancer.yml and database.yml hand over (evidence_entry,
+evidence_gateways, evidence_balancers, evidence_database) on a healthy deployment shaped
+like the molecule scenario (one balancer in front of two gateways, one database), built
+from raw material in data/: ``systemctl show`` output, the app's ``db_connected`` journal
+lines (llm_gateway.events format), its multiprocess ``/metrics`` text, HAProxy 3.0's
+``show stat`` CSV, and psql's JSON rows of the report queries (captured from a PostgreSQL
+server holding the app's schema and one chat call).
 """
 
 from __future__ import annotations
 
+import copy
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,29 +27,78 @@ STARTED = 1764499502
 SECRETS = ["Zq8vN3xLr5TfW2kP9sYb4HcJ7mQd6GaE1uVo0iRt", "owner-pw-4Kd9sLq2", "user-pw-8Hq3mZx7"]
 
 
+# The inventory's tiers (molecule/default/inventory.yml).
+GATEWAYS = ["molecule-gateway1", "molecule-gateway2"]
+BALANCERS = ["molecule-lb"]
+CHAT_URL = "http://127.0.0.1:4000/v1/chat/completions"
+
+
 def read(name: str) -> str:
     return (DATA / name).read_text()
 
 
-def gateway_facts() -> dict[str, Any]:
-    """evidence_gateway as tasks/gateway.yml hands it over from a healthy gateway host."""
+def gateway_facts(host: str = GATEWAYS[0], main_pid: int = 812, uptime: int = 120) -> dict:
+    """One gateway's evidence_gateway as tasks/gateway.yml keeps it on a healthy host."""
     return {
-        "host": "molecule-gateway",
+        "host": host,
         "error": "",
         "unit_name": "llm-gateway.service",
         "unit_status": "● llm-gateway.service - LLM gateway\n     Active: active (running)",
         "unit_status_rc": 0,
         "unit_status_stderr": "",
-        "unit_show": read("systemctl_show_active.txt"),
-        "clock": STARTED + 120,
-        "db_connect_lines": read("journal_db_connected.txt").splitlines(),
+        "unit_show": read("systemctl_show_active.txt").replace("=812", f"={main_pid}"),
+        "clock": STARTED + uptime,
+        "db_connect_lines": read("journal_db_connected.txt")
+        .replace("molecule-gateway ", f"{host} ")
+        .splitlines(),
         "db_connect_stderr": "",
         "journal_since": f"@{STARTED}",
         "app_version": "0.4.0",
+        "db_stats_status": 200,
+        "db_stats": {"rows": {"requests": 7, "responses": 7}, "log_mode": "async"},
+        "metrics_status": 200,
+        "metrics": read("metrics.txt"),
+        "health_status": 200,
+        "health": {"status": "healthy"},
+    }
+
+
+def gateways_facts() -> dict[str, Any]:
+    """evidence_gateways: every gateway's facts by inventory_hostname."""
+    return {
+        GATEWAYS[0]: gateway_facts(GATEWAYS[0], 812, 120),
+        GATEWAYS[1]: gateway_facts(GATEWAYS[1], 907, 95),
+    }
+
+
+def balancer_facts(host: str = BALANCERS[0]) -> dict[str, Any]:
+    """One balancer's evidence_balancer as tasks/balancer.yml keeps it: show stat, as is."""
+    return {
+        "host": host,
+        "error": "",
+        "socket": "/run/haproxy/admin.sock",
+        "backend": "gateway",
+        "stat": read("haproxy_show_stat.txt"),
+        "stat_rc": 0,
+        "stat_stderr": "",
+    }
+
+
+def balancers_facts() -> dict[str, Any]:
+    """evidence_balancers: every balancer's facts by inventory_hostname."""
+    return {host: balancer_facts(host) for host in BALANCERS}
+
+
+def entry_facts(host: str = BALANCERS[0]) -> dict[str, Any]:
+    """evidence_entry as tasks/chat.yml hands it over: the chat call, made on the balancer."""
+    return {
+        "host": host,
+        "error": "",
         "chat": {
             "request": {
+                "sent_from": host,
                 "method": "POST",
-                "url": "http://127.0.0.1:4000/v1/chat/completions",
+                "url": CHAT_URL,
                 "headers": {
                     "Authorization": "Bearer <redacted>",
                     "Content-Type": "application/json",
@@ -68,12 +121,6 @@ def gateway_facts() -> dict[str, Any]:
                 "usage": {"prompt_tokens": 14, "completion_tokens": 7, "total_tokens": 21},
             },
         },
-        "db_stats_status": 200,
-        "db_stats": {"rows": {"requests": 7, "responses": 7}, "log_mode": "async"},
-        "metrics_status": 200,
-        "metrics": read("metrics.txt"),
-        "health_status": 200,
-        "health": {"status": "healthy"},
     }
 
 
@@ -115,3 +162,66 @@ def with_rows(database: dict[str, Any], change) -> dict[str, Any]:
     rows = json.loads(database["rows"])
     change(rows)
     return {**database, "rows": json.dumps(rows)}
+
+
+@dataclass
+class Deployment:
+    """Everything the bundle play judges: the handed-over facts and the inventory's tiers.
+
+    ``gateway`` is the first gateway's facts (the same dict as in ``gateways``)."""
+
+    gateways: dict[str, Any] = field(default_factory=gateways_facts)
+    database: dict[str, Any] = field(default_factory=database_facts)
+    balancers: dict[str, Any] = field(default_factory=balancers_facts)
+    entry: dict[str, Any] = field(default_factory=entry_facts)
+    gateway_hosts: list[str] = field(default_factory=lambda: list(GATEWAYS))
+    balancer_hosts: list[str] = field(default_factory=lambda: list(BALANCERS))
+
+    @property
+    def gateway(self) -> dict[str, Any]:
+        return self.gateways[GATEWAYS[0]]
+
+    def measure_args(self) -> tuple[Any, ...]:
+        """evidence_measure's arguments, in order (copies: a test may change the facts)."""
+        return copy.deepcopy(
+            (
+                self.gateways,
+                self.database,
+                self.balancers,
+                self.entry,
+                self.gateway_hosts,
+                self.balancer_hosts,
+            )
+        )
+
+    def without_balancer(self) -> Deployment:
+        """Production's shape: no balancer, the chat call made on the (first) gateway."""
+        self.balancers, self.balancer_hosts = {}, []
+        self.entry = entry_facts(GATEWAYS[0])
+        return self
+
+    def set_status(self, server: str, status: str, check: str = "", code: str = "") -> None:
+        """One server's status (and last check) in every balancer's show stat."""
+        for balancer in self.balancers.values():
+            lines = balancer["stat"].splitlines()
+            header = lines[0][2:].split(",")
+            for i, line in enumerate(lines):
+                fields = line.split(",")
+                if len(fields) == len(header) and fields[:2] == ["gateway", server]:
+                    fields[header.index("status")] = status
+                    fields[header.index("check_status")] = check
+                    fields[header.index("check_code")] = code
+                    lines[i] = ",".join(fields)
+            balancer["stat"] = "\n".join(lines) + "\n"
+
+    def bundle_facts(self, secrets: list[str]) -> dict[str, Any]:
+        """The facts the bundle play finds on localhost, as the remote plays leave them."""
+        return {
+            "evidence_gateways": self.gateways,
+            "evidence_balancers": self.balancers,
+            "evidence_entry": self.entry,
+            "evidence_database": self.database,
+            "evidence_secrets": secrets,
+            "evidence_gateway_hosts": self.gateway_hosts,
+            "evidence_balancer_hosts": self.balancer_hosts,
+        }

@@ -162,3 +162,81 @@ def test_metrics_figures_without_metrics() -> None:
     assert figures["http_status"] == -1
     assert all(c["value"] is None for c in figures["counters"])
     assert all(h["p50"] == "no sample" for h in figures["histograms"])
+
+
+# --- HAProxy's show stat --------------------------------------------------------------------------
+def test_show_stat_rows_by_column_name() -> None:
+    rows = evidence.haproxy_stat(read("haproxy_show_stat.txt"))
+    assert [(row["pxname"], row["svname"]) for row in rows] == [
+        ("public", "FRONTEND"),
+        ("gateway", "molecule-gateway1"),
+        ("gateway", "molecule-gateway2"),
+        ("gateway", "BACKEND"),
+        ("prometheus", "FRONTEND"),
+    ]
+    # every line ends with a comma: no nameless column
+    assert "" not in rows[0]
+    assert rows[1]["check_desc"] == "Layer7 check passed"
+    assert rows[1]["proto"] == ""
+
+
+def test_backend_servers_leave_out_frontends_backends_and_other_proxies() -> None:
+    rows = evidence.haproxy_stat(read("haproxy_show_stat.txt"))
+    servers = evidence.backend_servers(rows, "gateway")
+    assert [(s["name"], s["status"], s["check_status"], s["check_code"]) for s in servers] == [
+        ("molecule-gateway1", "UP", "L7OK", "200"),
+        ("molecule-gateway2", "UP", "L7OK", "200"),
+    ]
+    assert servers[0]["address"] == "10.89.51.18:4000"
+    assert servers[0]["sessions_total"] == 29
+    assert evidence.backend_servers(rows, "public") == []
+    assert evidence.backend_servers(rows, "other") == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "Unknown command: 'show stat'\n", "pxname,svname,status\ngateway,gw1,UP\n"],
+)
+def test_show_stat_without_its_header_has_no_rows(text: str) -> None:
+    assert evidence.haproxy_stat(text) == []
+
+
+def test_show_stat_of_an_older_haproxy_with_fewer_columns() -> None:
+    text = (
+        "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,"
+        "wretr,wredis,status,weight,act,bck,chkfail,chkdown,lastchg,downtime,qlimit,pid,iid,"
+        "sid,throttle,lbtot,tracked,type,rate,rate_lim,rate_max,check_status,check_code,\n"
+        "gateway,gw1,0,0,0,1,,4,,,,0,,0,0,0,0,DOWN,1,1,0,3,1,12,12,,1,3,1,,4,,2,0,,1,"
+        "* L4CON,,\n"
+    )
+    [server] = evidence.backend_servers(evidence.haproxy_stat(text), "gateway")
+    assert (server["name"], server["status"], server["check_status"]) == ("gw1", "DOWN", "L4CON")
+    assert server["check_desc"] == ""
+
+
+def test_balancer_figures_against_the_inventory() -> None:
+    balancer = {
+        "host": "lb",
+        "backend": "gateway",
+        "socket": "/run/haproxy/admin.sock",
+        "stat": read("haproxy_show_stat.txt"),
+        "stat_rc": 0,
+    }
+    figures = evidence.balancer_figures(balancer, "lb", ["molecule-gateway1", "gw9"])
+    assert figures["backend_found"] is True
+    assert figures["stat_error"] == ""
+    assert figures["missing"] == ["gw9"]
+    assert figures["not_up"] == []
+    assert [s["name"] for s in figures["not_in_inventory"]] == ["molecule-gateway2"]
+    assert evidence.balancer_figures({}, "lb", [])["reported"] is False
+
+
+def test_show_stat_fields_quoted_by_haproxy() -> None:
+    """HAProxy quotes a CSV field holding a comma or a quote (csv_enc)."""
+    text = (
+        "# pxname,svname,status,check_status,check_code,check_desc,type,\n"
+        'gateway,gw1,DOWN,L7STS,503,"HTTP status check returned code <3C>503<3E>, ""x""",2,\n'
+    )
+    [server] = evidence.backend_servers(evidence.haproxy_stat(text), "gateway")
+    assert server["status"] == "DOWN"
+    assert server["check_desc"] == 'HTTP status check returned code <3C>503<3E>, "x"'

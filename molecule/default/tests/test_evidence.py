@@ -2,15 +2,17 @@
 
 Runs evidence.yml once, as `make evidence` does but into a temporary directory,
 then reads the bundle as a reviewer would: every file there and non-empty, the manifest's
-hashes, every criterion PASS, the chat call's request id in the table heads and the join,
-its rows in the live database, and none of the deployment's generated secrets anywhere.
+hashes, every criterion PASS, every gateway and the balancer covered, the chat call made
+through the balancer, its request id in the table heads and the join, its rows in the
+live database, and none of the deployment's generated secrets anywhere.
 
-Not parametrized over hosts: the playbook reaches both hosts itself through molecule's
+Not parametrized over hosts: the playbook reaches every host itself through molecule's
 inventory (MOLECULE_INVENTORY_FILE and the links next to it).
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -23,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import psql
+from conftest import SHARED, psql
+from testinfra.utils.ansible_runner import AnsibleRunner
 
 REPOSITORY = Path(__file__).resolve().parents[3]
 PLAYBOOK = "evidence.yml"
@@ -31,6 +34,7 @@ INVENTORY_NAME = "molecule"
 BUNDLE_FILES = [
     "service_status.txt",
     "gateway_db_connect.log",
+    "balancer_status.txt",
     "chat_call.json",
     "requests_head.txt",
     "responses_head.txt",
@@ -42,6 +46,7 @@ BUNDLE_FILES = [
 ]
 CRITERIA = [
     "Service running",
+    "Balancer: every gateway UP",
     "Database connectivity (SCRAM, TLS)",
     "API call 200",
     "Request logged",
@@ -106,6 +111,13 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     return Bundle(bundles[0], run.returncode, output)
 
 
+@pytest.fixture(scope="module")
+def tier(request: pytest.FixtureRequest) -> Any:
+    """The inventory hosts of a group (sorted, as testinfra lists them)."""
+    runner = AnsibleRunner(request.config.option.ansible_inventory)
+    return runner.get_hosts
+
+
 def test_playbook_succeeds(bundle: Bundle) -> None:
     assert bundle.returncode == 0, bundle.output
 
@@ -159,6 +171,46 @@ def test_summary_says_pass(bundle: Bundle) -> None:
     assert "**Result: PASS**" in bundle.text("SUMMARY.md")
     assert bundle.json("manifest.json")["result"] == "PASS"
     assert [c["name"] for c in bundle.json("manifest.json")["criteria"]] == CRITERIA
+
+
+def test_every_gateway_and_balancer_is_covered(bundle: Bundle, tier: Any) -> None:
+    gateways, balancers = tier("gateway"), tier("loadbalancer")
+    assert len(gateways) == 2 and len(balancers) == 1, (gateways, balancers)
+    manifest = bundle.json("manifest.json")
+    assert sorted(manifest["hosts"]["collected_from"]["gateway"]) == sorted(gateways)
+    assert manifest["hosts"]["collected_from"]["loadbalancer"] == balancers
+    judged = {c["name"]: c for c in manifest["criteria"]}
+    for gateway in gateways:
+        assert f"on {gateway}: active (running)" in judged["Service running"]["figure"]
+        assert f"{gateway}: " in judged["Database connectivity (SCRAM, TLS)"]["figure"]
+        assert f"{gateway} UP" in judged["Balancer: every gateway UP"]["figure"]
+        for name in ("service_status.txt", "gateway_db_connect.log"):
+            assert f"# ===== gateway {gateway} =====" in bundle.text(name)
+
+
+def test_balancer_status_shows_every_gateway_up(bundle: Bundle, tier: Any) -> None:
+    """The raw show stat lines: every gateway a server of backend gateway, status UP."""
+    text = bundle.text("balancer_status.txt")
+    [balancer] = tier("loadbalancer")
+    assert f"# ===== balancer {balancer} =====" in text
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("# pxname,"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].strip()), len(lines))
+    rows = csv.DictReader([lines[start][2:], *lines[start + 1 : end]])
+    servers = {
+        row["svname"]: row["status"]
+        for row in rows
+        if row["pxname"] == "gateway" and row["svname"] not in ("FRONTEND", "BACKEND")
+    }
+    assert servers == dict.fromkeys(tier("gateway"), "UP")
+
+
+def test_chat_call_went_through_the_balancer(bundle: Bundle, tier: Any) -> None:
+    chat = bundle.json("chat_call.json")
+    assert chat["request"]["sent_from"] == chat["host"] == tier("loadbalancer")[0]
+    assert chat["via"] == "balancer"
+    port = SHARED["gateway_port"]
+    assert chat["request"]["url"] == f"http://127.0.0.1:{port}/v1/chat/completions"
 
 
 def test_chat_call_recorded_without_key(bundle: Bundle) -> None:

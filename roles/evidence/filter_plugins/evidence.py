@@ -1,7 +1,8 @@
 """The evidence role's decisions: its SQL, its parsers, its figures and its criteria.
 
 The role's tasks only collect raw material (``systemctl show`` text, journal lines, the
-``/metrics`` text, psql output) and render files. Everything judged from that material is
+``/metrics`` text of every gateway, HAProxy's ``show stat`` of every balancer, the chat
+call, psql output) and render files. Everything judged from that material is
 decided here, in plain Python, so that tests/unit/ can test it without hosts. Ansible
 loads this file as the role's filter plugin; the tests import it as a module.
 
@@ -10,7 +11,8 @@ Filters (Jinja name -> function):
 - ``evidence_queries``: every SQL statement the role runs, built from its settings
 - ``evidence_systemctl_show``: ``systemctl show`` output -> {property: value}
 - ``evidence_journal_since``: journalctl's --since for the unit's last start
-- ``evidence_measure``: every figure, from what the gateway and database plays handed over
+- ``evidence_measure``: every figure, from what the chat, gateway, balancer and database plays
+  handed over, against the inventory's gateways and balancers
 - ``evidence_withhold``: the bundle's files, those carrying a secret replaced by a notice
 - ``evidence_judge``: the acceptance criteria, each passed or not, with figure and reasons
 - ``evidence_verdict``: the overall result and one printable line per criterion
@@ -18,6 +20,7 @@ Filters (Jinja name -> function):
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import re
@@ -233,7 +236,8 @@ def journal_since(properties: Mapping[str, Any]) -> str:
     return f"@{started}" if started else "today"
 
 
-def service_figures(gateway: Mapping[str, Any]) -> dict[str, Any]:
+def service_figures(gateway: Mapping[str, Any], host: Any = None) -> dict[str, Any]:
+    """The unit's figures on one gateway; host names it when its play did not report."""
     properties = systemctl_show(gateway.get("unit_show"))
     started = unit_started(properties)
     clock = _int(gateway.get("clock"))
@@ -243,7 +247,7 @@ def service_figures(gateway: Mapping[str, Any]) -> dict[str, Any]:
     active, sub = properties.get("ActiveState"), properties.get("SubState")
     return {
         "reported": bool(gateway),
-        "host": gateway.get("host") or None,
+        "host": gateway.get("host") or host or None,
         "unit": gateway.get("unit_name") or properties.get("Id") or None,
         "collection_error": gateway.get("error") or "",
         "properties": properties,
@@ -315,6 +319,20 @@ def chat_figures(chat: Mapping[str, Any]) -> dict[str, Any]:
         "prompt_tokens": usage.get("prompt_tokens"),
         "completion_tokens": usage.get("completion_tokens"),
         "total_tokens": usage.get("total_tokens"),
+    }
+
+
+def entry_figures(entry: Mapping[str, Any], balancer_hosts: Iterable[Any]) -> dict[str, Any]:
+    """Where the chat call was made: the host, whether it is a balancer, the URL it called."""
+    request = (entry.get("chat") or {}).get("request") or {}
+    host = entry.get("host") or None
+    return {
+        "reported": bool(entry),
+        "host": host,
+        "via": None if host is None else "balancer" if host in balancer_hosts else "gateway",
+        "method": request.get("method") or "",
+        "url": request.get("url") or "",
+        "collection_error": entry.get("error") or "",
     }
 
 
@@ -440,6 +458,106 @@ def metrics_figures(text: Any, http_status: Any = None) -> dict[str, Any]:
         "samples": len(samples),
         "histograms": [histogram(samples, name) for name in HISTOGRAMS],
         "counters": counters,
+    }
+
+
+# --- HAProxy: show stat on the admin socket ---------------------------------------------------
+# One CSV line per frontend, backend and server, under a header line '# pxname,svname,...'
+# (every line ends with a comma). A server's status is UP, DOWN, MAINT, DRAIN, NOLB,
+# 'no check', or a transition such as 'UP 1/3' (failing checks) and 'DOWN 1/2' (recovering);
+# 'MAINT (via b/s)' when it tracks another server. Only UP serves new requests as it should.
+_PROXY_ROWS = ("FRONTEND", "BACKEND")
+# The 'type' column: 0 frontend, 1 backend, 2 server, 3 listener.
+_SERVER_TYPE = "2"
+SERVER_UP = "UP"
+
+
+def haproxy_stat(text: Any) -> list[dict[str, str]]:
+    """``show stat`` output -> one {column: value} per line; [] when there is no header."""
+    lines = str(text or "").splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("# pxname,")), None)
+    if start is None:
+        return []
+    body = [lines[start][2:]] + [line for line in lines[start + 1 :] if line.strip()]
+    return [
+        {key: (value or "").strip() for key, value in row.items() if key}
+        for row in csv.DictReader(body)
+    ]
+
+
+def backend_servers(rows: Iterable[Mapping[str, str]], backend: Any) -> list[dict[str, Any]]:
+    """The servers of one backend, in HAProxy's order, with what the criterion shows."""
+    servers = []
+    for row in rows:
+        if row.get("pxname") != backend or row.get("svname") in _PROXY_ROWS:
+            continue
+        if row.get("type") not in (None, "", _SERVER_TYPE):
+            continue
+        servers.append(
+            {
+                "name": row.get("svname") or "",
+                "status": row.get("status") or "",
+                # '* ' marks a check in progress; the result shown is the previous one.
+                "check_status": (row.get("check_status") or "").lstrip("* "),
+                "check_code": row.get("check_code") or "",
+                "check_desc": row.get("check_desc") or "",
+                "address": row.get("addr") or "",
+                "sessions_now": _int(row.get("scur")),
+                "sessions_total": _int(row.get("stot")),
+                "last_change_s": _int(row.get("lastchg")),
+            }
+        )
+    return servers
+
+
+def _server_shown(server: Mapping[str, Any]) -> str:
+    """'gw1 UP', 'gw2 DOWN (check L4CON)': the last check's result when it is not UP."""
+    check = " ".join(part for part in (server["check_status"], server["check_code"]) if part)
+    status = server["status"] or "?"
+    if check and server["status"] != SERVER_UP:
+        return f"{server['name']} {status} (check {check})"
+    return f"{server['name']} {status}"
+
+
+def balancer_figures(
+    balancer: Mapping[str, Any], host: Any, gateways: Iterable[Any]
+) -> dict[str, Any]:
+    """One balancer's backend against the inventory's gateways."""
+    gateways = [str(name) for name in gateways]
+    rows = haproxy_stat(balancer.get("stat"))
+    backend = balancer.get("backend") or None
+    servers = backend_servers(rows, backend)
+    names = [server["name"] for server in servers]
+    rc = _int(balancer.get("stat_rc"))
+    stat_error = ""
+    if balancer and rc != 0:
+        stat_error = "; ".join(
+            part
+            for part in (
+                f"exit status {shown(rc)}",
+                str(balancer.get("stat_stderr") or "").strip(),
+                str(balancer.get("error") or "").strip(),
+            )
+            if part
+        )
+    elif balancer and not rows:
+        stat_error = "no '# pxname,...' header in the output"
+    return {
+        "reported": bool(balancer),
+        "host": balancer.get("host") or host or None,
+        "collection_error": balancer.get("error") or "",
+        "socket": balancer.get("socket") or None,
+        "backend": backend,
+        "stat_error": stat_error,
+        "backend_found": any(row.get("pxname") == backend for row in rows),
+        "servers": servers,
+        "missing": [name for name in gateways if name not in names],
+        "not_up": [
+            server
+            for server in servers
+            if server["name"] in gateways and server["status"] != SERVER_UP
+        ],
+        "not_in_inventory": [server for server in servers if server["name"] not in gateways],
     }
 
 
@@ -598,15 +716,101 @@ def database_figures(database: Mapping[str, Any]) -> dict[str, Any]:
     return figures
 
 
-def measure(gateway: Mapping[str, Any] | None, database: Mapping[str, Any] | None) -> dict:
-    """The filter ``evidence_measure``: every figure of the bundle, from the handed-over facts."""
-    gateway = gateway or {}
-    database = database or {}
+def _hosts(expected: Iterable[Any] | None, reported: Mapping[str, Any]) -> list[str]:
+    """The inventory's hosts of a tier, then any other host that reported (in that order)."""
+    hosts = [str(host) for host in expected] if expected is not None else sorted(reported)
+    return hosts + [str(host) for host in reported if str(host) not in hosts]
+
+
+def gateway_figures(gateway: Mapping[str, Any], host: Any) -> dict[str, Any]:
+    """Everything measured on one gateway host."""
     return {
-        "service": service_figures(gateway),
+        "host": gateway.get("host") or host,
+        "reported": bool(gateway),
+        "app_version": gateway.get("app_version") or "unknown",
+        "service": service_figures(gateway, host),
         "db_connected": db_connected(gateway.get("db_connect_lines") or []),
-        "chat": chat_figures(gateway.get("chat") or {}),
         "metrics": metrics_figures(gateway.get("metrics"), gateway.get("metrics_status")),
+        "db_stats_http_status": _int(gateway.get("db_stats_status")),
+        "db_stats": gateway.get("db_stats") or {},
+        "health_http_status": _int(gateway.get("health_status")),
+        "health": gateway.get("health") or {},
+    }
+
+
+def _collection_problems(
+    gateways: list[dict[str, Any]],
+    balancers: list[dict[str, Any]],
+    entry: Mapping[str, Any],
+    database: Mapping[str, Any],
+) -> list[str]:
+    """Hosts that did not report and steps that stopped: the figures are incomplete."""
+    missing = "did not report (host unreachable or play not run)"
+    problems = []
+    for kind, host, reported, error in [
+        ("chat call", entry.get("host"), bool(entry), entry.get("error")),
+        *[
+            ("gateway", g["host"], g["reported"], g["service"]["collection_error"])
+            for g in gateways
+        ],
+        *[("balancer", b["host"], b["reported"], b["collection_error"]) for b in balancers],
+        ("database", database.get("host"), bool(database), database.get("error")),
+    ]:
+        where = f"{kind} host `{host}`" if host else f"{kind} play"
+        if not reported:
+            problems.append(f"{where}: {missing}")
+        elif error:
+            problems.append(f"{where}: {error}")
+    return problems
+
+
+def measure(
+    gateways: Mapping[str, Any] | None,
+    database: Mapping[str, Any] | None,
+    balancers: Mapping[str, Any] | None = None,
+    entry: Mapping[str, Any] | None = None,
+    gateway_hosts: Iterable[Any] | None = None,
+    balancer_hosts: Iterable[Any] | None = None,
+) -> dict:
+    """The filter ``evidence_measure``: every figure of the bundle, from the handed-over facts.
+
+    - gateways, balancers: {inventory_hostname: facts} from the gateway and balancer plays
+    - database, entry: the facts of the database play and of the chat call's play
+    - gateway_hosts, balancer_hosts: the inventory's groups; every one of them is judged,
+      also one that did not report (None: the hosts that reported)
+    """
+    gateways = gateways or {}
+    balancers = balancers or {}
+    database = database or {}
+    entry = entry or {}
+    gateway_list = [
+        gateway_figures(gateways.get(host) or {}, host) for host in _hosts(gateway_hosts, gateways)
+    ]
+    expected_gateways = [gateway["host"] for gateway in gateway_list]
+    balancer_names = _hosts(balancer_hosts, balancers)
+    balancer_list = [
+        balancer_figures(balancers.get(host) or {}, host, expected_gateways)
+        for host in balancer_names
+    ]
+    versions = {g["host"]: g["app_version"] for g in gateway_list if g["reported"]}
+    distinct = sorted(set(versions.values()))
+    return {
+        "gateway_hosts": expected_gateways,
+        "gateways": gateway_list,
+        # The hosts whose play reported (manifest.json, collected_from).
+        "reported": {
+            "gateway": [g["host"] for g in gateway_list if g["reported"]],
+            "loadbalancer": [b["host"] for b in balancer_list if b["reported"]],
+        },
+        "app_version": (
+            distinct[0]
+            if len(distinct) == 1
+            else ", ".join(f"{version} ({host})" for host, version in versions.items()) or "unknown"
+        ),
+        "balancer": {"hosts": balancer_names, "balancers": balancer_list},
+        "collection_problems": _collection_problems(gateway_list, balancer_list, entry, database),
+        "entry": entry_figures(entry, balancer_names),
+        "chat": chat_figures(entry.get("chat") or {}),
         "database": database_figures(database),
         "database_rows": _load_rows(database.get("rows"))[0],
     }
@@ -639,15 +843,23 @@ def _criterion(name: str, why: list[str], figure: str, source: str) -> dict[str,
     return {"name": name, "passed": not why, "figure": figure, "why": why, "source": source}
 
 
-def _gateway_missing(service: Mapping[str, Any]) -> list[str]:
-    if not service["reported"]:
-        return ["the gateway play did not report (host unreachable or play not run)"]
+NOT_REPORTED = "the {} play did not report (host unreachable or play not run)"
+NO_BALANCER = "no balancer in this inventory (clients reach the gateway directly)"
+
+
+def _gateway_missing(gateway: Mapping[str, Any]) -> list[str]:
+    if not gateway["reported"]:
+        return [f"{gateway['host']}: {NOT_REPORTED.format('gateway')}"]
     return []
+
+
+def _no_gateway(figures: Mapping[str, Any]) -> list[str]:
+    return [] if figures["gateways"] else ["no host in the inventory's gateway group"]
 
 
 def _database_missing(database: Mapping[str, Any]) -> list[str]:
     if not database["reported"]:
-        return ["the database play did not report (host unreachable or play not run)"]
+        return [NOT_REPORTED.format("database")]
     if database["rows_error"]:
         stopped = database["collection_error"]
         return [
@@ -657,41 +869,113 @@ def _database_missing(database: Mapping[str, Any]) -> list[str]:
     return []
 
 
-def _service_running(figures: Mapping[str, Any]) -> dict[str, Any]:
-    service = figures["service"]
-    why = _gateway_missing(service)
-    if service["reported"] and not service["properties"]:
-        why.append("systemctl show returned no properties")
-    elif service["reported"]:
-        if service["active_state"] != "active":
-            why.append(f"ActiveState is {shown(service['active_state'])}, not active")
-        if service["sub_state"] != "running":
-            why.append(f"SubState is {shown(service['sub_state'])}, not running")
-    uptime = service["uptime_s"]
-    memory = service["memory_mib"]
-    figure = (
+def _service_shown(service: Mapping[str, Any]) -> str:
+    uptime, memory = service["uptime_s"], service["memory_mib"]
+    return (
         f"{shown(service['unit'])} on {shown(service['host'])}:"
         f" {service['active_state'] or 'unknown'} ({service['sub_state'] or 'unknown'}),"
         f" up {shown(uptime)} s, main PID {shown(service['main_pid'])},"
         f" restarts {shown(service['restarts'])},"
         f" memory {f'{shown(memory)} MiB' if memory is not None else 'n/a'}"
     )
-    return _criterion("Service running", why, figure, "service_status.txt")
+
+
+def _service_running(figures: Mapping[str, Any]) -> dict[str, Any]:
+    """Every gateway's unit active (running); each is named in the figure and the reasons."""
+    why = _no_gateway(figures)
+    for gateway in figures["gateways"]:
+        service, host = gateway["service"], gateway["host"]
+        why += _gateway_missing(gateway)
+        if not service["reported"]:
+            continue
+        if not service["properties"]:
+            stopped = service["collection_error"]
+            why.append(
+                f"{host}: systemctl show returned no properties"
+                + (f" ({stopped})" if stopped else "")
+            )
+            continue
+        if service["active_state"] != "active":
+            why.append(f"{host}: ActiveState is {shown(service['active_state'])}, not active")
+        if service["sub_state"] != "running":
+            why.append(f"{host}: SubState is {shown(service['sub_state'])}, not running")
+    figure = "; ".join(_service_shown(g["service"]) for g in figures["gateways"])
+    return _criterion(
+        "Service running", why, figure or "no gateway in the inventory", "service_status.txt"
+    )
+
+
+def _balancer(figures: Mapping[str, Any]) -> dict[str, Any]:
+    """Every gateway of the inventory a server of the backend, UP, on every balancer.
+
+    An inventory without a balancer passes, saying so: the criterion list keeps its shape in
+    every environment, and the summary shows that no balancer was expected (rather than
+    leaving a reader to wonder whether the check was forgotten)."""
+    name, source = "Balancer: every gateway UP", "balancer_status.txt"
+    balancer = figures["balancer"]
+    if not balancer["hosts"]:
+        return _criterion(name, [], NO_BALANCER, "the inventory's loadbalancer group (empty)")
+    why = _no_gateway(figures)
+    shown_per_balancer = []
+    for lb in balancer["balancers"]:
+        host, backend = lb["host"], lb["backend"] or "?"
+        if not lb["reported"]:
+            why.append(f"{host}: {NOT_REPORTED.format('balancer')}")
+            shown_per_balancer.append(f"{host}: not read")
+            continue
+        if lb["stat_error"]:
+            why.append(f"{host}: show stat on {shown(lb['socket'])} failed: {lb['stat_error']}")
+            shown_per_balancer.append(f"{host}: not read")
+            continue
+        if not lb["backend_found"]:
+            why.append(f"{host}: no backend {backend} in show stat")
+            shown_per_balancer.append(f"{host}: no backend {backend}")
+            continue
+        why += [f"{host}: {gw} is not a server of backend {backend}" for gw in lb["missing"]]
+        why += [f"{host}: {backend}/{_server_shown(server)}, not UP" for server in lb["not_up"]]
+        servers = {server["name"]: server for server in lb["servers"]}
+        listed = [
+            _server_shown(servers[gw]) if gw in servers else f"{gw} not a server"
+            for gw in figures["gateway_hosts"]
+        ]
+        extra = [_server_shown(server) for server in lb["not_in_inventory"]]
+        shown_per_balancer.append(
+            f"{host}, backend {backend}: {', '.join(listed) or 'no server'}"
+            + (f" (also, not a gateway of the inventory: {', '.join(extra)})" if extra else "")
+        )
+    return _criterion(name, why, "; ".join(shown_per_balancer), source)
+
+
+def _connected_shown(gateway: Mapping[str, Any]) -> str:
+    connected = gateway["db_connected"]
+    last = connected["last"]
+    return (
+        f"{gateway['host']}: {connected['events']} db_connected line(s) since start,"
+        f" server {shown(last.get('server_version'))}, TLS {shown(last.get('ssl'))}"
+        f" ({shown(last.get('ssl_version'))}), pool_size {shown(last.get('pool_size'))}"
+        f" + max_overflow {shown(last.get('max_overflow'))}, user {shown(last.get('db_user'))}"
+    )
 
 
 def _database_connectivity(figures: Mapping[str, Any]) -> dict[str, Any]:
-    connected, database = figures["db_connected"], figures["database"]
-    why = _gateway_missing(figures["service"])
-    if figures["service"]["reported"]:
+    """Every gateway's workers connected over TLS since its start; the database's SCRAM,
+    pg_hba and live sessions."""
+    database = figures["database"]
+    why = _no_gateway(figures)
+    for gateway in figures["gateways"]:
+        connected, host = gateway["db_connected"], gateway["host"]
+        why += _gateway_missing(gateway)
+        if not gateway["reported"]:
+            continue
         if connected["events"] == 0:
-            why.append("no db_connected line in the journal since the unit's last start")
+            why.append(f"{host}: no db_connected line in the journal since the unit's last start")
         if connected["without_tls"]:
             why.append(
-                f"{len(connected['without_tls'])} of {connected['events']} db_connected"
+                f"{host}: {len(connected['without_tls'])} of {connected['events']} db_connected"
                 f" line(s) without TLS: {', '.join(connected['without_tls'])}"
             )
         if connected["unreadable"]:
-            why.append(f"{connected['unreadable']} db_connected line(s) unreadable")
+            why.append(f"{host}: {connected['unreadable']} db_connected line(s) unreadable")
     missing = _database_missing(database)
     why += missing
     if not missing:
@@ -720,13 +1004,9 @@ def _database_connectivity(figures: Mapping[str, Any]) -> dict[str, Any]:
             )
         if database["sessions_without_tls"] is None:
             why.append("the gateway's live sessions were not measured")
-    last = connected["last"]
     figure = (
-        f"{connected['events']} db_connected line(s) since start;"
-        f" server {shown(last.get('server_version'))}, TLS {shown(last.get('ssl'))}"
-        f" ({shown(last.get('ssl_version'))}), pool_size {shown(last.get('pool_size'))}"
-        f" + max_overflow {shown(last.get('max_overflow'))}, user {shown(last.get('db_user'))};"
-        f" live sessions of {shown(database['app_user'])}: {shown(database['app_sessions_tls'])}"
+        "; ".join(_connected_shown(gateway) for gateway in figures["gateways"])
+        + f"; live sessions of {shown(database['app_user'])}: {shown(database['app_sessions_tls'])}"
         f"/{shown(database['app_sessions'])}"
         f" on TLS ({database['app_sessions_tls_versions'] or ''});"
         f" SCRAM-SHA-256 verifiers {shown(database['scram_roles'])}"
@@ -745,10 +1025,15 @@ def _database_connectivity(figures: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _api_call(figures: Mapping[str, Any]) -> dict[str, Any]:
-    chat = figures["chat"]
+    """The chat call answered 200 with a request id, made where clients call: on a balancer
+    when the inventory has one, else on the gateway."""
+    chat, entry = figures["chat"], figures["entry"]
+    balancers = figures["balancer"]["hosts"]
     error = chat["error"]
-    why = _gateway_missing(figures["service"])
-    if figures["service"]["reported"]:
+    why = []
+    if not entry["reported"]:
+        why.append(NOT_REPORTED.format("chat call's"))
+    else:
         if chat["status"] != 200:
             why.append(
                 f"HTTP {shown(chat['status'])}"
@@ -757,12 +1042,19 @@ def _api_call(figures: Mapping[str, Any]) -> dict[str, Any]:
             )
         if not chat["request_id"]:
             why.append("no X-Request-ID header in the response")
+        if balancers and entry["via"] != "balancer":
+            why.append(
+                f"made on {shown(entry['host'])}, not through a balancer of the inventory"
+                f" ({', '.join(balancers)})"
+            )
     figure = (
         f"HTTP {shown(chat['status'])}{f' ({error})' if error else ''},"
         f" X-Request-ID {chat['request_id'] or 'missing'},"
         f" X-Total-Latency {chat['total_latency']}, X-DB-Overhead {chat['db_overhead']},"
         f" tokens {shown(chat['prompt_tokens'])} prompt + {shown(chat['completion_tokens'])}"
-        f" completion = {shown(chat['total_tokens'])}"
+        f" completion = {shown(chat['total_tokens'])};"
+        f" made on {shown(entry['host'])} ({entry['via'] or 'not made'}):"
+        f" {entry['method'] or 'POST'} {entry['url'] or '?'}"
     )
     return _criterion("API call 200", why, figure, "chat_call.json")
 
@@ -870,6 +1162,7 @@ def judge(figures: Mapping[str, Any], guard: Mapping[str, Any]) -> list[dict[str
     """
     return [
         _service_running(figures),
+        _balancer(figures),
         _database_connectivity(figures),
         _api_call(figures),
         _request_logged(figures),
