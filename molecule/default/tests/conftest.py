@@ -78,7 +78,7 @@ def secrets_dir() -> Path:
 SSH_CONFIG = secrets_dir() / "ssh" / "config"
 
 
-def _direct(ansible_host: Any) -> Any:
+def _over_ssh(ansible_host: Any) -> Any:
     """The same host over SSH with sudo, through the lab's SSH client configuration (the
     inventory's SSH options are templates, which testinfra cannot expand)."""
     name = ansible_host.ansible.get_variables()["inventory_hostname"]
@@ -108,7 +108,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     if report.when == "call" and report.failed and marker and ansible_host is not None:
         name = ansible_host.backend.get_pytest_id()
         for unit in marker.args:
-            journal = _direct(ansible_host).run(
+            journal = _over_ssh(ansible_host).run(
                 "journalctl --no-pager -n %s -u %s", str(JOURNAL_LINES), unit
             )
             report.sections.append(
@@ -120,7 +120,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
 @pytest.fixture(scope="module")
 def host(_testinfra_host: Any) -> Any:
     """The host under test (overrides testinfra's fixture of the same name)."""
-    return _direct(_testinfra_host)
+    return _over_ssh(_testinfra_host)
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +136,7 @@ def group_hosts(request: pytest.FixtureRequest) -> Callable[[str], list[Any]]:
 
     def hosts_of(group: str) -> list[Any]:
         return [
-            _direct(testinfra.get_host(f"ansible://{name}", ansible_inventory=inventory))
+            _over_ssh(testinfra.get_host(f"ansible://{name}", ansible_inventory=inventory))
             for name in AnsibleRunner(inventory).get_hosts(group)
         ]
 
