@@ -23,6 +23,9 @@ lab-generated secret read on the controller).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -163,3 +166,29 @@ def credential(credentials_dir: Path) -> Callable[[str], str]:
         return (credentials_dir / name).read_text().strip()
 
     return read
+
+
+def build_changed_release(
+    workdir: Path, module: str = "__init__.py", line: str = "# rolling deploy test"
+) -> tuple[Path, str]:
+    """A release of the same code with one more line in one module: a new version, as any
+    change makes (a comment by default; a deliberately broken line for the failure test)."""
+    clone = workdir / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(REPOSITORY), str(clone)], check=True)
+    with (clone / "app/src/llm_gateway" / module).open("a") as source:
+        source.write(f"{line}  # {uuid.uuid4().hex}\n")
+    release_dir = workdir / "build"
+    subprocess.run(
+        [str(clone / "scripts/build-release.sh")],
+        check=True,
+        env={**os.environ, "PYTHON": sys.executable, "RELEASE_DIR": str(release_dir)},
+        cwd=clone,
+    )
+    return release_dir, (release_dir / "VERSION").read_text().strip()
+
+
+@pytest.fixture(scope="session")
+def changed_release(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """(release dir, version) of the deployed code plus a comment: a new release, built
+    once for the tests that deploy or preview one."""
+    return build_changed_release(tmp_path_factory.mktemp("changed-release"))

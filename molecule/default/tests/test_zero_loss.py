@@ -7,7 +7,6 @@ row. Bounded: a few concurrent clients, stopped when the change is over."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ from typing import Any
 
 import openai
 import pytest
-from conftest import REPOSITORY, SHARED, psql
+from conftest import REPOSITORY, SHARED, build_changed_release, psql
 
 CLIENTS = 4
 # Long enough for the traffic to straddle the change, short enough to stay cheap.
@@ -161,20 +160,17 @@ def test_a_database_restart_under_load_loses_nothing(
     judge(db_host, load, "database restart")
 
 
-def build_changed_release(workdir: Path) -> tuple[Path, str]:
-    """A release of the same code with one more line: a new version, as any change makes."""
-    clone = workdir / "clone"
-    subprocess.run(["git", "clone", "--quiet", str(REPOSITORY), str(clone)], check=True)
-    with (clone / "app/src/llm_gateway/__init__.py").open("a") as module:
-        module.write(f"# rolling deploy test {uuid.uuid4().hex}\n")
-    release_dir = workdir / "build"
-    subprocess.run(
-        [str(clone / "scripts/build-release.sh")],
-        check=True,
-        env={**os.environ, "PYTHON": sys.executable, "RELEASE_DIR": str(release_dir)},
-        cwd=clone,
-    )
-    return release_dir, (release_dir / "VERSION").read_text().strip()
+def deploy_gateways(inventory: str, *extra_vars: str) -> subprocess.CompletedProcess[str]:
+    """gateway.yml, as an operator runs it for a release (`-e name=value` for each var)."""
+    command = [str(Path(sys.executable).with_name("ansible-playbook")), "-i", inventory]
+    for extra_var in extra_vars:
+        command += ["-e", extra_var]
+    command.append(str(REPOSITORY / "gateway.yml"))
+    return subprocess.run(command, capture_output=True, text=True, cwd=REPOSITORY, check=False)
+
+
+def current_release(gateway: Any) -> str:
+    return gateway.file("/opt/llm-gateway/current").linked_to
 
 
 def test_a_rolling_deploy_under_load_loses_nothing(
@@ -183,28 +179,56 @@ def test_a_rolling_deploy_under_load_loses_nothing(
     group_host: Callable[[str], Any],
     group_hosts: Callable[[str], list[Any]],
     request: pytest.FixtureRequest,
-    tmp_path: Path,
+    changed_release: tuple[Path, str],
 ) -> None:
-    release_dir, version = build_changed_release(tmp_path)
+    release_dir, version = changed_release
     inventory = request.config.option.ansible_inventory
     with traffic(address, master_key) as load:
-        deploy = subprocess.run(
-            [
-                str(Path(sys.executable).with_name("ansible-playbook")),
-                "-i",
-                inventory,
-                str(REPOSITORY / "gateway.yml"),
-                "-e",
-                f"gateway_release_dir={release_dir}",
-                "-e",
-                f"gateway_release_version={version}",
-            ],
-            capture_output=True,
-            text=True,
-            cwd=REPOSITORY,
-            check=False,
+        deploy = deploy_gateways(
+            inventory, f"gateway_release_dir={release_dir}", f"gateway_release_version={version}"
         )
     assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-2000:]
     for gateway in group_hosts("gateway"):
-        assert gateway.file("/opt/llm-gateway/current").linked_to.endswith(version)
+        assert current_release(gateway).endswith(version)
     judge(group_host("database"), load, "rolling deploy")
+
+
+def test_a_release_that_fails_its_health_check_stops_the_rollout(
+    address: str,
+    master_key: str,
+    group_host: Callable[[str], Any],
+    group_hosts: Callable[[str], list[Any]],
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+) -> None:
+    """The first gateway gets a release whose workers cannot start: the play fails there
+    with the journal, the other gateways keep their release, and the clients never see it
+    (the failed host stays drained at the balancer). Then the operator's fix, deploying the
+    build/ release again, brings every gateway back."""
+    release_dir, version = build_changed_release(
+        tmp_path, "main.py", 'raise RuntimeError("deliberately broken release")'
+    )
+    inventory = request.config.option.ansible_inventory
+    gateways = group_hosts("gateway")
+    before = [current_release(gateway) for gateway in gateways]
+    try:
+        with traffic(address, master_key) as load:
+            deploy = deploy_gateways(
+                inventory,
+                f"gateway_release_dir={release_dir}",
+                f"gateway_release_version={version}",
+                "gateway_health_timeout=20",
+            )
+        output = deploy.stdout[-4000:] + deploy.stderr[-2000:]
+        assert deploy.returncode != 0, output
+        assert "did not answer 200 on /api/health" in deploy.stdout, output
+        assert "deliberately broken release" in deploy.stdout, "the journal is not shown"
+        now = [current_release(gateway) for gateway in gateways]
+        # serial: 1, so exactly one gateway got the release; the others kept theirs.
+        assert [link.endswith(version) for link in now].count(True) == 1, now
+        assert [a == b for a, b in zip(now, before, strict=True)].count(False) == 1, now
+        judge(group_host("database"), load, "failed release")
+    finally:
+        restored = deploy_gateways(inventory)
+    assert restored.returncode == 0, restored.stdout[-3000:] + restored.stderr[-2000:]
+    assert all(not current_release(gateway).endswith(version) for gateway in gateways)
