@@ -20,7 +20,9 @@ export LAB_IMAGE ?= localhost/llmgw-debian13-systemd
 export LAB_NOFILE := $(shell n=$$(ulimit -Hn); [[ $$n == unlimited ]] && n=1048576; echo $$n)
 export LAB_NPROC := $(shell n=$$(ulimit -Hu); [[ $$n == unlimited || $$n -gt 32768 ]] && n=32768; echo $$n)
 LAB_CREDENTIALS := $(CURDIR)/.lab/credentials
-GATEWAY_URL := http://127.0.0.1:4000
+GATEWAY_URL := https://127.0.0.1:4000
+# The lab's CA, which signs the balancer's HTTPS certificate (role pki).
+LAB_CA := .lab/pki/ca.crt
 LAB_MODEL := fake-gpt
 # evidence.yml writes evidence/<environment>/<UTC timestamp>/.
 EVIDENCE_DIR := $(CURDIR)/evidence/lab
@@ -64,7 +66,7 @@ lab-info: ## Print the lab's gateway URL, a chat call to paste and where the evi
 	@echo
 	@echo "Gateway: $(GATEWAY_URL)"
 	@echo "Chat call:"
-	@echo "  curl -sS $(GATEWAY_URL)/v1/chat/completions \\"
+	@echo "  curl -sS --cacert $(LAB_CA) $(GATEWAY_URL)/v1/chat/completions \\"
 	@echo "    -H \"Authorization: Bearer \$$(cat $(LAB_CREDENTIALS)/gateway_master_key)\" \\"
 	@echo "    -H 'Content-Type: application/json' \\"
 	@echo "    -d '{\"model\": \"$(LAB_MODEL)\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}]}'"

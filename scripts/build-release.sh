@@ -3,7 +3,7 @@
 #   build/llm-gateway-<version>-py<XY>-<arch>.tar
 # holding the app's wheel, the binary wheels of its pinned dependencies
 # (app/requirements.lock) for the target's Python and architecture, the lock file and the
-# same pins as pip constraints.
+# same pins as pip constraints, and SOURCE (version, commit, app/ tree, uncommitted changes).
 #
 # The app is built from a clean export (git archive of a tree object), never from the
 # working tree itself, so ignored leftovers such as a stale app/build/lib or *.egg-info
@@ -73,6 +73,18 @@ for target in "${targets[@]}"; do
 	"$PYTHON" -m pip download --quiet --disable-pip-version-check --only-binary=:all: \
 		--implementation=cp --python-version="$target" --abi="cp$xy" "${platforms[@]}" \
 		--requirement="$work/app/requirements.lock" --dest="$wheels"
+	# What it was built from, for the evidence and for whoever reads the host: the commit
+	# checked out, and whether app/ had changes not in it (the version hashes those too).
+	{
+		echo "version: $version"
+		echo "commit: $(git rev-parse HEAD)"
+		echo "app_tree: $tree"
+		if [[ $tree == "$(git rev-parse HEAD:app)" ]]; then
+			echo "uncommitted_changes: false"
+		else
+			echo "uncommitted_changes: true"
+		fi
+	} >"$wheels/SOURCE"
 	# Written under a temporary name and renamed: an interrupted build leaves no artifact.
 	tar -C "$wheels" -cf "$artifact.tmp" .
 	mv "$artifact.tmp" "$artifact"

@@ -1,13 +1,19 @@
 """The production command: gunicorn with two uvicorn workers, one writer and one
 db_connected line per worker, metrics of both, clean stop on SIGTERM."""
 
+import http.client
 import os
 import signal
+import ssl
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import orjson
+import pytest
+import trustme
 import yaml
 from ports import free_port, wait_for_port
 
@@ -15,21 +21,28 @@ from conftest import MASTER_KEY, PROVIDER_KEY_ENV, all_stored_once, gateway_conf
 from helpers import CHAT_BODY, http_call, wait_until
 
 
-def test_gunicorn_with_uvicorn_workers(tmp_path, pg_cluster, database, upstreams):
+def service_env(tmp_path, pg_cluster, database, upstreams) -> dict[str, str]:
+    """The environment the systemd unit gives the service (config written to tmp_path)."""
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(gateway_config(upstreams)))
-    port = free_port()
-    stderr_path = tmp_path / "stderr.log"
-    gunicorn = Path(sys.executable).parent / "gunicorn"
-    metrics_dir = tmp_path / "metrics"
-    metrics_dir.mkdir()
-    env = {
+    return {
         **os.environ,
         "DATABASE_URL": pg_cluster.url(database, tls=True),
         "GATEWAY_CONFIG": str(config),
         "GATEWAY_SPOOL_DIR": str(tmp_path / "spool"),
         "GATEWAY_MASTER_KEY": MASTER_KEY,
         PROVIDER_KEY_ENV: "sk-provider-secret",
+    }
+
+
+def test_gunicorn_with_uvicorn_workers(tmp_path, pg_cluster, database, upstreams):
+    port = free_port()
+    stderr_path = tmp_path / "stderr.log"
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    env = {
+        **service_env(tmp_path, pg_cluster, database, upstreams),
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),  # as the systemd unit sets it
     }
     with stderr_path.open("w") as stderr:
@@ -81,3 +94,55 @@ def test_gunicorn_with_uvicorn_workers(tmp_path, pg_cluster, database, upstreams
         proc.wait(40)
     assert all_stored_once(pg_cluster, database, ids)
     assert stderr_path.read_text().count('"event":"shutdown"') == 2
+
+
+def test_gunicorn_serves_https_with_the_deployments_certificate(
+    tmp_path, pg_cluster, database, upstreams
+):
+    """Without a balancer the gateway role passes --certfile/--keyfile to the same command:
+    a client that verifies the CA gets its answer, and the exchange is logged; a plain HTTP
+    request to that port gets no answer."""
+    ca = trustme.CA(organization_name="llm-gateway test CA")
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert.cert_chain_pems[0].write_to_path(tmp_path / "cert.pem")
+    cert.private_key_pem.write_to_path(tmp_path / "key.pem")
+    port = free_port()
+    env = service_env(tmp_path, pg_cluster, database, upstreams)
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    proc = subprocess.Popen(
+        [
+            str(gunicorn),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "1",
+            "--worker-class",
+            "llm_gateway.serving.GatewayWorker",
+            "--certfile",
+            str(tmp_path / "cert.pem"),
+            "--keyfile",
+            str(tmp_path / "key.pem"),
+            "llm_gateway.main:create_app()",
+        ],
+        env=env,
+        stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, proc=proc)
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        request = urllib.request.Request(
+            f"https://127.0.0.1:{port}/v1/chat/completions",
+            data=orjson.dumps(CHAT_BODY),
+            headers={"Authorization": f"Bearer {MASTER_KEY}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, context=context, timeout=30) as answer:
+            assert answer.status == 200
+            request_id = answer.headers["x-request-id"]
+        with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health/liveness", timeout=10)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(40)
+    assert all_stored_once(pg_cluster, database, [request_id])

@@ -12,10 +12,16 @@ server holding the app's schema and one chat call).
 from __future__ import annotations
 
 import copy
+import datetime
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -54,6 +60,7 @@ def gateway_facts(host: str = GATEWAYS[0], main_pid: int = 812, uptime: int = 12
         "db_connect_stderr": "",
         "journal_since": f"@{STARTED}",
         "app_version": "0.4.0",
+        "release_source": RELEASE_SOURCE,
         "db_stats_status": 200,
         "db_stats": {"rows": {"requests": 7, "responses": 7}, "log_mode": "async"},
         "metrics_status": 200,
@@ -61,6 +68,15 @@ def gateway_facts(host: str = GATEWAYS[0], main_pid: int = 812, uptime: int = 12
         "health_status": 200,
         "health": {"status": "healthy"},
     }
+
+
+# scripts/build-release.sh's SOURCE file of the installed release.
+RELEASE_SOURCE = (
+    "version: 0.4.0\n"
+    "commit: 3f2a9c1d5e7b8a6c4d2e0f1a3b5c7d9e1f2a4b6c\n"
+    "app_tree: 9d8c7b6a5f4e3d2c1b0a9f8e7d6c5b4a3f2e1d0c\n"
+    "uncommitted_changes: false\n"
+)
 
 
 def gateways_facts() -> dict[str, Any]:
@@ -124,6 +140,40 @@ def entry_facts(host: str = BALANCERS[0]) -> dict[str, Any]:
     }
 
 
+def _certificate(subject: str, days: int, issuer: str, key: Any, signer: Any) -> str:
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        # An hour more, so that "days left" is the whole number asked for.
+        .not_valid_after(now + datetime.timedelta(days=days, hours=1))
+        .sign(signer, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM).decode()
+
+
+CA_NAME = "llm-gateway lab PostgreSQL CA"
+
+
+def certificates(ca_days: int = 3650, server_days: int = 825, issuer: str = CA_NAME) -> dict:
+    """The CA file and `openssl s_client -starttls postgres` output with the served one."""
+    ca_key, server_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+    ca = _certificate(CA_NAME, ca_days, CA_NAME, ca_key, ca_key)
+    served = _certificate("molecule-db", server_days, issuer, server_key, ca_key)
+    return {
+        "ca_certificate": ca,
+        "served_certificate": f"CONNECTED(00000003)\n---\nServer certificate\n{served}"
+        "subject=CN=molecule-db\n---\n",
+    }
+
+
 def database_facts() -> dict[str, Any]:
     """evidence_database as tasks/database.yml hands it over from a healthy database host."""
     return {
@@ -135,7 +185,10 @@ def database_facts() -> dict[str, Any]:
             "db_name": "litellm_db",
             "app_user": "litellm_user",
             "password_roles": ["litellm_user", "litellm_owner"],
+            "ca_min_days": "365",
+            "certificate_min_days": "15",
         },
+        **certificates(),
         "rows_sql": "SELECT json_build_object(...)",
         "rows": read("psql_rows.json"),
         "rows_error": "",

@@ -107,7 +107,7 @@ def test_a_healthy_deployment_gives_a_passing_bundle(tmp_path: Path) -> None:
     assert {p.name for p in run.path.iterdir()} == BUNDLE_FILES
     manifest = run.json("manifest.json")
     assert manifest["result"] == "PASS"
-    assert [c["passed"] for c in manifest["criteria"]] == [True] * 8
+    assert [c["passed"] for c in manifest["criteria"]] == [True] * 9
     assert manifest["request_id"] == samples.REQUEST_ID
     assert manifest["hosts"]["gateway"] == samples.GATEWAYS
     assert manifest["hosts"]["collected_from"] == {
@@ -116,7 +116,8 @@ def test_a_healthy_deployment_gives_a_passing_bundle(tmp_path: Path) -> None:
         "chat_call": "molecule-lb",
         "database": "molecule-db",
     }
-    assert manifest["versions"]["app"] == "0.4.0"
+    # The release names what it was built from.
+    assert manifest["versions"]["app"] == "0.4.0 (commit 3f2a9c1d5e7b)"
     assert manifest["repository"] == {"commit": "unknown", "dirty": "unknown"}
     for name, digest in manifest["sha256"].items():
         assert hashlib.sha256((run.path / name).read_bytes()).hexdigest() == digest

@@ -21,6 +21,7 @@ CRITERIA = [
     "Request logged",
     "Response logged",
     "Request/response integrity",
+    "Certificates: valid, not near their end",
     "No secret in the bundle",
 ]
 GW1, GW2 = GATEWAYS
@@ -53,7 +54,7 @@ def test_every_criterion_passes_on_a_healthy_deployment(deployment, guard) -> No
     criteria = judged(deployment, guard)
     assert {name: c["why"] for name, c in criteria.items() if not c["passed"]} == {}
     verdict = evidence.verdict(criteria.values())
-    assert (verdict["result"], verdict["passed"], verdict["total"]) == ("PASS", 8, 8)
+    assert (verdict["result"], verdict["passed"], verdict["total"]) == ("PASS", 9, 9)
 
 
 def test_figures_of_a_healthy_deployment(deployment, guard) -> None:
@@ -640,3 +641,37 @@ def test_verdict_lines_and_reasons(deployment, guard) -> None:
     assert verdict["reasons"] == ["API call 200: HTTP 502: HTTP Error 502: Bad Gateway, not 200"]
     assert verdict["lines"][3].startswith("FAIL | API call 200 | HTTP 502 (HTTP Error 502")
     assert verdict["lines"][0].startswith("PASS | Service running | ")
+
+
+# --- certificates --------------------------------------------------------------------------------
+CERTIFICATES = "Certificates: valid, not near their end"
+
+
+def test_the_certificates_figure_names_both_ends(deployment: Deployment, guard: Any) -> None:
+    criterion = judged(deployment, guard)[CERTIFICATES]
+    assert criterion["passed"], criterion["why"]
+    assert "database certificate CN=molecule-db ends" in criterion["figure"]
+    assert "(825 days left)" in criterion["figure"] and "(3650 days left)" in criterion["figure"]
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"server_days": 5}, "the database's certificate has 5 days left (fewer than 15)"),
+        ({"ca_days": 100}, "the CA has 100 days left (fewer than 365)"),
+        ({"issuer": "some other CA"}, "is issued by CN=some other CA, not the CA"),
+    ],
+)
+def test_certificates_near_their_end_or_from_another_ca_fail(
+    deployment: Deployment, guard: Any, change: dict[str, Any], reason: str
+) -> None:
+    deployment.database.update(samples.certificates(**change))
+    failed = only_failure(deployment, guard)
+    assert failed["name"] == CERTIFICATES
+    assert any(reason in why for why in failed["why"]), failed["why"]
+
+
+def test_a_database_that_presents_no_certificate_fails(deployment: Deployment, guard: Any) -> None:
+    deployment.database["served_certificate"] = "connect:errno=111\n"
+    failed = only_failure(deployment, guard)
+    assert failed["why"] == ["the database's certificate: no certificate"]

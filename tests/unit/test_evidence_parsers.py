@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import evidence
 import pytest
-from samples import STARTED, read
+from samples import RELEASE_SOURCE, STARTED, read
 
 
 # --- systemctl show ----------------------------------------------------------------------------
@@ -240,3 +240,19 @@ def test_show_stat_fields_quoted_by_haproxy() -> None:
     [server] = evidence.backend_servers(evidence.haproxy_stat(text), "gateway")
     assert server["status"] == "DOWN"
     assert server["check_desc"] == 'HTTP status check returned code <3C>503<3E>, "x"'
+
+
+# --- the release's SOURCE file ------------------------------------------------------------------
+def test_release_source_names_the_commit_it_was_built_from() -> None:
+    source = evidence.release_source(RELEASE_SOURCE)
+    assert source["version"] == "0.4.0"
+    assert evidence.release_label(source) == "commit 3f2a9c1d5e7b"
+
+
+def test_release_built_from_uncommitted_changes_says_so() -> None:
+    source = evidence.release_source("commit: 3f2a9c1d5e7b8a6c\nuncommitted_changes: true\n")
+    assert evidence.release_label(source) == "commit 3f2a9c1d5e7b + uncommitted changes"
+
+
+def test_release_without_source_file_is_unknown() -> None:
+    assert evidence.release_label(evidence.release_source("")) == "unknown commit"

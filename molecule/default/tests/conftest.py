@@ -23,6 +23,7 @@ lab-generated secret read on the controller).
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 import uuid
@@ -79,6 +80,13 @@ def secrets_dir() -> Path:
 
 
 SSH_CONFIG = secrets_dir() / "ssh" / "config"
+# The environment's CA (role pki): clients verify the balancer's HTTPS certificate with it.
+CA_CERT = secrets_dir() / "pki" / "ca.crt"
+
+
+def client_tls() -> ssl.SSLContext:
+    """What a client of the deployment uses: verification against the environment's CA."""
+    return ssl.create_default_context(cafile=str(CA_CERT))
 
 
 def _over_ssh(ansible_host: Any) -> Any:

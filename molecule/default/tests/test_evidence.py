@@ -52,6 +52,7 @@ CRITERIA = [
     "Request logged",
     "Response logged",
     "Request/response integrity",
+    "Certificates: valid, not near their end",
     "No secret in the bundle",
 ]
 
@@ -210,7 +211,7 @@ def test_chat_call_went_through_the_balancer(bundle: Bundle, tier: Any) -> None:
     assert chat["request"]["sent_from"] == chat["host"] == tier("loadbalancer")[0]
     assert chat["via"] == "balancer"
     port = SHARED["gateway_port"]
-    assert chat["request"]["url"] == f"http://127.0.0.1:{port}/v1/chat/completions"
+    assert chat["request"]["url"] == f"https://127.0.0.1:{port}/v1/chat/completions"
 
 
 def test_chat_call_recorded_without_key(bundle: Bundle) -> None:

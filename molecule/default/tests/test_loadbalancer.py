@@ -7,13 +7,16 @@ per-server counters come from HAProxy's admin socket (`show stat`)."""
 from __future__ import annotations
 
 import csv
+import http.client
 import io
+import socket
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import SHARED
+from conftest import SHARED, client_tls
 
 UNIT = "haproxy.service"
 SOCKET = "/run/haproxy/admin.sock"
@@ -47,9 +50,9 @@ def sessions(host: Any) -> dict[str, int]:
 
 
 def call_through(address: str, count: int) -> None:
-    url = f"http://{address}:{SHARED['gateway_port']}/api/health/liveness"
+    url = f"https://{address}:{SHARED['gateway_port']}/api/health/liveness"
     for _ in range(count):
-        with urllib.request.urlopen(url, timeout=10) as answer:
+        with urllib.request.urlopen(url, timeout=10, context=client_tls()) as answer:
             assert answer.status == 200
 
 
@@ -118,3 +121,16 @@ def test_haproxy_metrics_are_served_on_loopback(host: Any) -> None:
     )
     assert metrics.rc == 0, metrics.stderr
     assert "haproxy_server_status" in metrics.stdout
+
+
+def test_clients_get_https_verified_with_the_environments_ca(address: str) -> None:
+    """The balancer terminates TLS: a client that trusts the CA connects, plain HTTP gets no
+    service, and the certificate names the address clients use."""
+    port = SHARED["gateway_port"]
+    with (
+        socket.create_connection((address, port), timeout=10) as raw,
+        client_tls().wrap_socket(raw, server_hostname=address) as tls,
+    ):
+        assert tls.version() in ("TLSv1.2", "TLSv1.3")
+    with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+        urllib.request.urlopen(f"http://{address}:{port}/api/health/liveness", timeout=10)

@@ -20,7 +20,7 @@ from typing import Any
 
 import openai
 import pytest
-from conftest import REPOSITORY, SHARED, build_changed_release, psql
+from conftest import REPOSITORY, SHARED, build_changed_release, client_tls, psql
 
 CLIENTS = 4
 # Long enough for the traffic to straddle the change, short enough to stay cheap.
@@ -81,7 +81,8 @@ class Traffic:
 @contextmanager
 def traffic(address: str, key: str) -> Iterator[Traffic]:
     client = openai.OpenAI(
-        base_url=f"http://{address}:{SHARED['gateway_port']}/v1",
+        base_url=f"https://{address}:{SHARED['gateway_port']}/v1",
+        http_client=openai.DefaultHttpxClient(verify=client_tls()),
         api_key=key,
         max_retries=0,  # a retry would hide the failure this test looks for
         timeout=60,

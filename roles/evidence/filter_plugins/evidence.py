@@ -29,6 +29,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from cryptography import x509
+
 # --- SQL ---------------------------------------------------------------------------------
 # The chat call's X-Request-ID is spliced into SQL: only a plain token is used, anything
 # else becomes '' (a value no row has). Every other value is quoted as a literal.
@@ -579,6 +581,43 @@ def _load_rows(text: Any) -> tuple[dict[str, Any], str]:
     return rows, ""
 
 
+PEM_CERTIFICATE = re.compile(
+    r"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+?-----END CERTIFICATE-----"
+)
+
+
+def certificate_figures(text: str | None, now: datetime) -> dict[str, Any]:
+    """Subject, issuer, end and days left of the first PEM certificate in `text` (a file,
+    or `openssl s_client` output); `error` says why there is none."""
+    found = PEM_CERTIFICATE.search(text or "")
+    if not found:
+        return {"error": "no certificate"}
+    try:
+        certificate = x509.load_pem_x509_certificate(found.group(0).encode())
+    except ValueError as exc:
+        return {"error": f"unreadable certificate: {exc}"}
+    not_after = certificate.not_valid_after_utc
+    return {
+        "error": "",
+        "subject": certificate.subject.rfc4514_string(),
+        "issuer": certificate.issuer.rfc4514_string(),
+        "not_after": not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "days_left": (not_after - now).days,
+    }
+
+
+def tls_figures(database: Mapping[str, Any], now: datetime | None = None) -> dict[str, Any]:
+    """The database's served certificate and the CA the gateways verify it with."""
+    now = now or datetime.now(UTC)
+    settings = database.get("settings") or {}
+    return {
+        "served": certificate_figures(database.get("served_certificate"), now),
+        "ca": certificate_figures(database.get("ca_certificate"), now),
+        "ca_min_days": _int(settings.get("ca_min_days")),
+        "certificate_min_days": _int(settings.get("certificate_min_days")),
+    }
+
+
 def database_figures(database: Mapping[str, Any]) -> dict[str, Any]:
     """The figures the criteria judge, from the rows of the report queries.
 
@@ -713,6 +752,7 @@ def database_figures(database: Mapping[str, Any]) -> dict[str, Any]:
             else None
         ),
     )
+    figures["tls"] = tls_figures(database)
     return figures
 
 
@@ -722,12 +762,35 @@ def _hosts(expected: Iterable[Any] | None, reported: Mapping[str, Any]) -> list[
     return hosts + [str(host) for host in reported if str(host) not in hosts]
 
 
+def release_source(text: str | None) -> dict[str, str]:
+    """The installed release's SOURCE file (`key: value` lines written by
+    scripts/build-release.sh): version, commit, app_tree, uncommitted_changes."""
+    source = {}
+    for line in (text or "").splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            source[key.strip()] = value.strip()
+    return source
+
+
+def release_label(source: Mapping[str, str]) -> str:
+    """`commit <12 hex>`, marked when app/ had changes outside that commit; unknown for a
+    release built before SOURCE existed."""
+    commit = source.get("commit")
+    if not commit:
+        return "unknown commit"
+    dirty = " + uncommitted changes" if source.get("uncommitted_changes") == "true" else ""
+    return f"commit {commit[:12]}{dirty}"
+
+
 def gateway_figures(gateway: Mapping[str, Any], host: Any) -> dict[str, Any]:
     """Everything measured on one gateway host."""
+    source = release_source(gateway.get("release_source"))
     return {
         "host": gateway.get("host") or host,
         "reported": bool(gateway),
         "app_version": gateway.get("app_version") or "unknown",
+        "release": {**source, "label": release_label(source)},
         "service": service_figures(gateway, host),
         "db_connected": db_connected(gateway.get("db_connect_lines") or []),
         "metrics": metrics_figures(gateway.get("metrics"), gateway.get("metrics_status")),
@@ -792,7 +855,11 @@ def measure(
         balancer_figures(balancers.get(host) or {}, host, expected_gateways)
         for host in balancer_names
     ]
-    versions = {g["host"]: g["app_version"] for g in gateway_list if g["reported"]}
+    versions = {
+        g["host"]: f"{g['app_version']} ({g['release']['label']})"
+        for g in gateway_list
+        if g["reported"]
+    }
     distinct = sorted(set(versions.values()))
     return {
         "gateway_hosts": expected_gateways,
@@ -805,7 +872,8 @@ def measure(
         "app_version": (
             distinct[0]
             if len(distinct) == 1
-            else ", ".join(f"{version} ({host})" for host, version in versions.items()) or "unknown"
+            else "; ".join(f"{version} on {host}" for host, version in versions.items())
+            or "unknown"
         ),
         "balancer": {"hosts": balancer_names, "balancers": balancer_list},
         "collection_problems": _collection_problems(gateway_list, balancer_list, entry, database),
@@ -1155,6 +1223,33 @@ def _no_secret(guard: Mapping[str, Any]) -> dict[str, Any]:
     )
 
 
+def _certificate_shown(what: str, cert: Mapping[str, Any]) -> str:
+    if cert["error"]:
+        return f"{what}: {cert['error']}"
+    return f"{what} {cert['subject']} ends {cert['not_after']} ({cert['days_left']} days left)"
+
+
+def _certificates(figures: Mapping[str, Any]) -> dict[str, Any]:
+    """The CA and the database's certificate far enough from their end (role pki renews the
+    certificate 30 days before; the CA is replaced by hand, so it is reported a year ahead)."""
+    database = figures["database"]
+    why = [] if database["reported"] else [NOT_REPORTED.format("database")]
+    tls = database["tls"]
+    served, ca = tls["served"], tls["ca"]
+    for what, cert, minimum in [
+        ("the database's certificate", served, tls["certificate_min_days"]),
+        ("the CA", ca, tls["ca_min_days"]),
+    ]:
+        if cert["error"]:
+            why.append(f"{what}: {cert['error']}")
+        elif minimum is not None and cert["days_left"] < minimum:
+            why.append(f"{what} has {cert['days_left']} days left (fewer than {minimum})")
+    if not served["error"] and not ca["error"] and served["issuer"] != ca["subject"]:
+        why.append(f"the database's certificate is issued by {served['issuer']}, not the CA")
+    figure = f"{_certificate_shown('database certificate', served)}; {_certificate_shown('CA', ca)}"
+    return _criterion("Certificates: valid, not near their end", why, figure, "figures.json")
+
+
 def judge(figures: Mapping[str, Any], guard: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The filter ``evidence_judge``: the acceptance criteria in their fixed order.
 
@@ -1168,6 +1263,7 @@ def judge(figures: Mapping[str, Any], guard: Mapping[str, Any]) -> list[dict[str
         _request_logged(figures),
         _response_logged(figures),
         _integrity(figures),
+        _certificates(figures),
         _no_secret(guard),
     ]
 
