@@ -12,7 +12,9 @@
 # Checks, each with a bounded time:
 #   database.yml --check --diff                          ends ok, says it would add PGDG and install postgresql-17
 #   database.yml --check --tags postgresql_configure     any tag subset ends ok too
-#   the host is still bare afterwards (no PGDG source, no python3-debian)
+#   gateway.yml --check --diff                           ends ok, says what it would install and start
+#   the host is still bare afterwards (no PGDG source, no python3-debian, no venv)
+# The gateway needs the release artifact for Debian 12's Python 3.11 (built once, then reused).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
@@ -21,6 +23,7 @@ inventory=inventory/bookworm-check
 export LAB_IMAGE=localhost/$name
 
 scripts/lab/build-bookworm-image.sh
+PYTHON=${PYTHON:-.venv/bin/python} timeout 900 scripts/build-release.sh 3.11
 
 remove() { podman rm --force --time 0 "$name" >/dev/null 2>&1 || true; }
 remove
@@ -55,9 +58,14 @@ grep -F -e "Would install" -e "a real run installs" "$log" | sed 's/^ */  /'
 expect "database.yml --check --tags postgresql_configure" \
   "is not installed yet: a real run installs postgresql-17" \
   database.yml --check --diff --tags postgresql_configure
+expect "gateway.yml --check --diff on a bare Debian 12 host" \
+  "Would install, enable and start llm-gateway.service" \
+  gateway.yml --check --diff
+grep -F -e "Would " "$log" | sed 's/^ */  /'
 
-if podman exec "$name" sh -c 'test ! -e /etc/apt/sources.list.d/pgdg.sources && ! dpkg -s python3-debian >/dev/null 2>&1'; then
-  echo "check-bookworm: ok   the host is still bare (no PGDG source, no python3-debian)"
+if podman exec "$name" sh -c 'test ! -e /etc/apt/sources.list.d/pgdg.sources && test ! -e /opt/llm-gateway \
+    && ! dpkg -s python3-debian >/dev/null 2>&1 && ! dpkg -s python3-apt >/dev/null 2>&1'; then
+  echo "check-bookworm: ok   the host is still bare (no PGDG source, no python3-debian, no python3-apt, no /opt/llm-gateway)"
 else
   echo "check-bookworm: FAIL the dry run changed the host"
   failures=$((failures + 1))
