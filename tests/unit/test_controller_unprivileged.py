@@ -26,6 +26,7 @@ import subprocess
 import sys
 import sysconfig
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -144,9 +145,10 @@ def operator_checkout(tmp_path_factory):
     PIP_CACHE.mkdir(mode=0o700, exist_ok=True)
     for path in (work, PIP_CACHE):
         subprocess.run(["chown", "-R", f"{owner.pw_uid}:{owner.pw_gid}", str(path)], check=True)
-    # tmp_path's parents are root's 0700 directories under /tmp/pytest-of-root.
+    # tmp_path's parents are root's 0700 directories under /tmp/pytest-of-root: let the
+    # user through them (search only; it still cannot list them).
     for parent in work.parents:
-        if parent == Path(tempfile_root()):
+        if parent == Path(tempfile.gettempdir()):
             break
         parent.chmod(parent.stat().st_mode | 0o011)
     env = {
@@ -160,12 +162,6 @@ def operator_checkout(tmp_path_factory):
     sudo = as_operator(["sh", "-c", "sudo -n true"], env, work)
     assert sudo.returncode != 0, "the test user must not be able to sudo"
     return owner, repo, env, python
-
-
-def tempfile_root() -> str:
-    import tempfile
-
-    return tempfile.gettempdir()
 
 
 def owned_by(path: Path, owner: pwd.struct_passwd) -> bool:
