@@ -137,20 +137,23 @@ def readable_python(work: Path, env: dict[str, str], owner: pwd.struct_passwd) -
 
 
 @pytest.fixture(scope="module")
-def operator_checkout(tmp_path_factory):
+def operator_checkout():
     owner = ensure_operator()
-    work = tmp_path_factory.mktemp("unprivileged")
+    # Not under pytest's basetemp: /tmp/pytest-of-root is 0700, and any other pytest run as
+    # root on this machine puts it back to 0700 at once. /var/tmp is open to everyone.
+    work = Path(tempfile.mkdtemp(prefix="llmgw-unprivileged-", dir="/var/tmp"))
+    try:
+        yield from _operator_checkout(owner, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _operator_checkout(owner: pwd.struct_passwd, work: Path):
     repo = work / "repo"
     copy_checkout(repo)
     PIP_CACHE.mkdir(mode=0o700, exist_ok=True)
     for path in (work, PIP_CACHE):
         subprocess.run(["chown", "-R", f"{owner.pw_uid}:{owner.pw_gid}", str(path)], check=True)
-    # tmp_path's parents are root's 0700 directories under /tmp/pytest-of-root: let the
-    # user through them (search only; it still cannot list them).
-    for parent in work.parents:
-        if parent == Path(tempfile.gettempdir()):
-            break
-        parent.chmod(parent.stat().st_mode | 0o011)
     env = {
         "HOME": owner.pw_dir,
         "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
@@ -161,7 +164,7 @@ def operator_checkout(tmp_path_factory):
     # Proof of the premise: this user has no sudo (none installed, or no rule for it).
     sudo = as_operator(["sh", "-c", "sudo -n true"], env, work)
     assert sudo.returncode != 0, "the test user must not be able to sudo"
-    return owner, repo, env, python
+    yield owner, repo, env, python
 
 
 def owned_by(path: Path, owner: pwd.struct_passwd) -> bool:
