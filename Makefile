@@ -26,13 +26,13 @@ LAB_CA := .lab/pki/ca.crt
 LAB_MODEL := fake-gpt
 # evidence.yml writes evidence/<environment>/<UTC timestamp>/.
 EVIDENCE_DIR := $(CURDIR)/evidence/lab
-INVENTORIES := lab staging production
+INVENTORIES := lab staging production bookworm-check
 # Pythons of the gateway hosts the release artifact is built for (Debian 13: 3.13,
 # Ubuntu 24.04: 3.12); `make wheelhouse TARGET_PYTHONS="3.12 3.13"` for both.
 TARGET_PYTHONS ?= 3.13
 
 .PHONY: help host-deps venv wheelhouse image lab-hosts lab lab-info lab-down lint syntax unit-test \
-	app-test molecule evidence bench test
+	app-test check-bookworm molecule evidence bench test
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-17s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -96,8 +96,11 @@ syntax: venv ## Syntax-check every entry point against every inventory (no conne
 		done; \
 	done
 
-unit-test: venv ## Controller-side unit tests (tests/): the evidence role's judgement, no hosts
+unit-test: venv ## Controller-side tests (tests/): evidence judgement, role guards, the controller steps unprivileged
 	pytest tests
+
+check-bookworm: host-deps venv ## Dry-run database.yml on a bare Debian 12 container: ends ok, says what it would install
+	scripts/lab/check-bookworm.sh
 
 app-test: ## The app's own tests (app/Makefile)
 	$(MAKE) -C app venv test
@@ -108,4 +111,4 @@ molecule: host-deps venv image wheelhouse ## molecule test: create, converge, id
 bench: ## The app's benchmark (app/Makefile)
 	$(MAKE) -C app bench
 
-test: host-deps venv lint syntax unit-test app-test molecule ## Everything CI runs
+test: host-deps venv lint syntax unit-test check-bookworm app-test molecule ## Everything CI runs
