@@ -52,6 +52,7 @@ CRITERIA = [
     "Request logged",
     "Response logged",
     "Request/response integrity",
+    "Backups younger than their schedule allows",
     "No secret in the bundle",
 ]
 
