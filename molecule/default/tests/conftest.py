@@ -23,6 +23,8 @@ lab-generated secret read on the controller).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,26 @@ def psql(host: Any, sql: str, database: str = SHARED["postgresql_app_database"])
     )
     assert result.rc == 0, result.stderr
     return result.stdout.strip()
+
+
+def ansible_playbook(
+    inventory: str, playbook: str, *extra_vars: str
+) -> subprocess.CompletedProcess[str]:
+    """Runs a playbook of the repository (ansible-playbook beside this Python) against the
+    inventory under test, each of extra_vars given with -e; its output is captured."""
+    return subprocess.run(
+        [
+            str(Path(sys.executable).with_name("ansible-playbook")),
+            "-i",
+            inventory,
+            str(REPOSITORY / playbook),
+            *[arg for value in extra_vars for arg in ("-e", value)],
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPOSITORY,
+        check=False,
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:

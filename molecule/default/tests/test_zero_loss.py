@@ -21,7 +21,7 @@ from typing import Any
 
 import openai
 import pytest
-from conftest import REPOSITORY, SHARED, psql
+from conftest import REPOSITORY, SHARED, ansible_playbook, psql
 
 CLIENTS = 4
 # Long enough for the traffic to straddle the change, short enough to stay cheap.
@@ -188,21 +188,11 @@ def test_a_rolling_deploy_under_load_loses_nothing(
     release_dir, version = build_changed_release(tmp_path)
     inventory = request.config.option.ansible_inventory
     with traffic(address, master_key) as load:
-        deploy = subprocess.run(
-            [
-                str(Path(sys.executable).with_name("ansible-playbook")),
-                "-i",
-                inventory,
-                str(REPOSITORY / "gateway.yml"),
-                "-e",
-                f"gateway_release_dir={release_dir}",
-                "-e",
-                f"gateway_release_version={version}",
-            ],
-            capture_output=True,
-            text=True,
-            cwd=REPOSITORY,
-            check=False,
+        deploy = ansible_playbook(
+            inventory,
+            "gateway.yml",
+            f"gateway_release_dir={release_dir}",
+            f"gateway_release_version={version}",
         )
     assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-2000:]
     for gateway in group_hosts("gateway"):
