@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import evidence
 import pytest
 from samples import BACKUP_PERIODS, BACKUP_STOPPED, Deployment, backup_facts, read
+
+import evidence
 
 sys.path.insert(
     0, str(Path(__file__).resolve().parents[2] / "roles" / "pgbackrest" / "filter_plugins")
@@ -167,7 +168,7 @@ RESTORE = {
     " 2026-11-30 15:45:05\nP00   INFO: restore command end: completed successfully",
     "delta": "0:00:02.504000",
 }
-START = {"delta": "0:00:03.250000"}
+START = {"seconds": "3.25"}
 
 
 def query(**changes: Any) -> dict[str, Any]:
@@ -215,6 +216,13 @@ def test_each_difference_fails_the_drill(change: dict[str, Any], problem: str) -
 def test_a_side_without_figures_fails() -> None:
     assert drill(query(), {})["problems"] == ["no figures from the restored cluster"]
     assert drill({}, query(requests_after_target=0))["problems"] == ["no figures from the source"]
+
+
+def test_a_duration_from_a_command_delta() -> None:
+    assert (
+        restore_drill.judge(query(), query(), RESTORE, {"delta": "0:01:02.5"})["recovery_seconds"]
+        == 62.5
+    )
 
 
 def test_a_restore_that_names_no_backup_set_fails() -> None:

@@ -45,6 +45,14 @@ def seconds(delta: Any) -> float | None:
     return round(int(hours) * 3600 + int(minutes) * 60 + float(secs), 3)
 
 
+def _duration(result: Mapping[str, Any] | None) -> float | None:
+    """A step's seconds: its ``seconds`` (measured by the tasks), else its ``delta``."""
+    result = result or {}
+    if result.get("seconds") not in (None, ""):
+        return round(float(result["seconds"]), 3)
+    return seconds(result.get("delta"))
+
+
 def _row(result: Mapping[str, Any] | None) -> dict[str, Any]:
     rows = (result or {}).get("query_result") or []
     return dict(rows[0]) if rows else {}
@@ -59,7 +67,8 @@ def judge(
     """The filter ``pgbackrest_drill_judge``.
 
     - source, restored: the postgresql_query results of the drill's query on each side
-    - restore, start: the command results of ``pgbackrest restore`` and ``pg_ctl start``
+    - restore: the command result of ``pgbackrest restore``; start: the recovery's duration
+      ({seconds: ...}: start, replay to the target, promotion) or a command result (delta)
 
     Problems (any one fails the drill): a side without figures; counts or checksums that
     differ; rows after the target in the restored cluster; responses without their request
@@ -94,7 +103,7 @@ def judge(
     )
     if not label:
         problems.append("pgbackrest restore named no backup set")
-    restore_s, start_s = seconds((restore or {}).get("delta")), seconds((start or {}).get("delta"))
+    restore_s, start_s = _duration(restore), _duration(start)
     return {
         "source": src,
         "restored": dst,
