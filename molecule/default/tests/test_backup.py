@@ -12,11 +12,13 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-import httpx
+import openai
 import pytest
-from conftest import REPOSITORY, SHARED, ansible_playbook, psql
+from conftest import SHARED, ansible_playbook, psql
+from testinfra.utils.ansible_runner import AnsibleRunner
 
 STANZA = SHARED["pgbackrest_stanza"]
 BEFORE, AFTER = 5, 4
@@ -40,21 +42,17 @@ def pgbackrest(host: Any, *args: str) -> str:
 
 
 def exchanges(address: str, key: str, user: str, count: int) -> list[str]:
-    """count chat calls through the balancer; their request ids."""
+    """count chat calls through the balancer (the official client, no retries); their ids."""
+    client = openai.OpenAI(
+        base_url=f"http://{address}:{SHARED['gateway_port']}/v1", api_key=key, max_retries=0
+    )
     ids = []
-    with httpx.Client(timeout=30) as client:
-        for _ in range(count):
-            answer = client.post(
-                f"http://{address}:{SHARED['gateway_port']}/v1/chat/completions",
-                headers={"Authorization": f"Bearer {key}"},
-                json={
-                    "model": MODEL,
-                    "messages": [{"role": "user", "content": "hi"}],
-                    "user": user,
-                },
-            )
-            assert answer.status_code == 200, answer.text
-            ids.append(answer.headers["x-request-id"])
+    for _ in range(count):
+        raw = client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], user=user
+        )
+        assert raw.parse().choices[0].message.content, "empty answer"
+        ids.append(raw.headers["x-request-id"])
     return ids
 
 
@@ -87,9 +85,13 @@ def test_restore_to_a_point_in_time_restores_exactly_the_exchanges_before_it(
     group_host: Callable[[str], Any],
     credential: Callable[[str], str],
     request: pytest.FixtureRequest,
+    tmp_path: Path,
 ) -> None:
-    db_host, lb_host = group_host("database"), group_host("loadbalancer")
-    address = lb_host.ansible.get_variables()["service_address"]
+    db_host = group_host("database")
+    # Where clients enter: the first balancer, else the first gateway.
+    runner = AnsibleRunner(request.config.option.ansible_inventory)
+    entry = (runner.get_hosts("loadbalancer") or runner.get_hosts("gateway"))[0]
+    address = runner.get_variables(entry)["service_address"]
     key = credential("gateway_master_key")
     user = f"backup-test-{uuid.uuid4().hex[:8]}"
 
@@ -112,12 +114,13 @@ def test_restore_to_a_point_in_time_restores_exactly_the_exchanges_before_it(
         request.config.option.ansible_inventory,
         "restore_drill.yml",
         f"restore_target_time='{target}'",
+        f"pgbackrest_drill_output_root={tmp_path}",
     )
     assert drill.returncode == 0, drill.stdout[-4000:] + drill.stderr[-2000:]
-    # evidence/<environment>/<UTC timestamp>-restore-drill/: the newest is this drill's.
-    reports = sorted((REPOSITORY / "evidence").glob("*/*-restore-drill/restore_drill.txt"))
-    assert reports, drill.stdout[-2000:]
-    report = max(reports, key=lambda path: path.stat().st_mtime).read_text()
+    # <root>/<environment>/<UTC timestamp>-restore-drill/restore_drill.txt
+    reports = list(tmp_path.glob("*/*-restore-drill/restore_drill.txt"))
+    assert len(reports) == 1, drill.stdout[-2000:]
+    report = reports[0].read_text()
     print(report)
     assert report.startswith("Restore drill: PASS"), report
     source_rows = re.search(r"^requests_rows\s+(\d+)\s+(\d+)", report, re.M)
