@@ -54,7 +54,7 @@ image: host-deps ## Build the Debian 13 systemd image unless its recipe is uncha
 wheelhouse: venv ## Build the release artifact build/llm-gateway-<version>-py<XY>-<arch>.tar from the commit
 	PYTHON=$(VENV)/bin/python scripts/build-release.sh $(TARGET_PYTHONS)
 
-lab-hosts: host-deps venv image ## Start the lab containers lab-lb, lab-gateway1, lab-gateway2 and lab-db
+lab-hosts: host-deps venv image ## Start the lab containers lab-lb, lab-gateway1, lab-gateway2, lab-db and lab-backup
 	ansible-playbook -i inventory/lab lab_up.yml
 
 lab: lab-hosts wheelhouse ## The whole lab: hosts, site.yml, evidence; prints how to use it
@@ -71,7 +71,7 @@ lab-info: ## Print the lab's gateway URL, a chat call to paste and where the evi
 	@echo "    -H 'Content-Type: application/json' \\"
 	@echo "    -d '{\"model\": \"$(LAB_MODEL)\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}]}'"
 	@echo "Lab secrets: $(LAB_CREDENTIALS)/"
-	@latest=$$(ls -1d $(EVIDENCE_DIR)/*/ 2>/dev/null | tail -n 1 || true); \
+	@latest=$$(ls -1d $(EVIDENCE_DIR)/*Z/ 2>/dev/null | tail -n 1 || true); \
 	echo "Evidence: $${latest:-none yet (make evidence)}"
 
 lab-down: venv ## Remove the lab containers and their network

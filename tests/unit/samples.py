@@ -217,6 +217,25 @@ def with_rows(database: dict[str, Any], change) -> dict[str, Any]:
     return {**database, "rows": json.dumps(rows)}
 
 
+# pgbackrest info --output=json (one full backup, stopped at BACKUP_STOPPED) and repo-ls of
+# the newest archived WAL segment, captured on the lab's repository host.
+BACKUP_STOPPED = 1796053508
+BACKUP_PERIODS = {"full_period_hours": 168, "backup_period_hours": 24, "grace_hours": 2}
+
+
+def backup_facts(age_s: int = 600, host: str = "molecule-backup") -> dict:
+    """What tasks/backup.yml hands over when the newest (full) backup is age_s old."""
+    return {
+        "host": host,
+        "error": "",
+        "now": str(BACKUP_STOPPED + age_s),
+        "info_text": read("pgbackrest_info.txt"),
+        "info_json": read("pgbackrest_info.json"),
+        "wal_segment": "000000010000000000000003",
+        "wal_ls_json": read("pgbackrest_repo_ls.json"),
+    }
+
+
 @dataclass
 class Deployment:
     """Everything the bundle play judges: the handed-over facts and the inventory's tiers.
@@ -229,6 +248,8 @@ class Deployment:
     entry: dict[str, Any] = field(default_factory=entry_facts)
     gateway_hosts: list[str] = field(default_factory=lambda: list(GATEWAYS))
     balancer_hosts: list[str] = field(default_factory=lambda: list(BALANCERS))
+    backup: dict[str, Any] = field(default_factory=backup_facts)
+    backup_periods: dict[str, Any] = field(default_factory=lambda: dict(BACKUP_PERIODS))
 
     @property
     def gateway(self) -> dict[str, Any]:
@@ -244,6 +265,8 @@ class Deployment:
                 self.entry,
                 self.gateway_hosts,
                 self.balancer_hosts,
+                self.backup,
+                self.backup_periods,
             )
         )
 
@@ -277,4 +300,8 @@ class Deployment:
             "evidence_secrets": secrets,
             "evidence_gateway_hosts": self.gateway_hosts,
             "evidence_balancer_hosts": self.balancer_hosts,
+            "evidence_backup": self.backup,
+            "evidence_backup_full_period_hours": self.backup_periods["full_period_hours"],
+            "evidence_backup_period_hours": self.backup_periods["backup_period_hours"],
+            "evidence_backup_grace_hours": self.backup_periods["grace_hours"],
         }

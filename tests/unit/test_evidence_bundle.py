@@ -30,6 +30,7 @@ BUNDLE_FILES = {
     "responses_head.txt",
     "join_check.txt",
     "db_security.txt",
+    "backup_info.txt",
     "figures.json",
     "SUMMARY.md",
     "manifest.json",

@@ -22,6 +22,7 @@ CRITERIA = [
     "Response logged",
     "Request/response integrity",
     "Certificates: valid, not near their end",
+    "Backups younger than their schedule allows",
     "No secret in the bundle",
 ]
 GW1, GW2 = GATEWAYS

@@ -111,6 +111,7 @@ def test_no_password_role_is_still_valid_sql() -> None:
 
 def test_the_filters_ansible_loads() -> None:
     assert sorted(evidence.FilterModule().filters()) == [
+        "evidence_backup_wal",
         "evidence_journal_since",
         "evidence_judge",
         "evidence_measure",

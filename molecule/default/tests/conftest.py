@@ -52,6 +52,26 @@ def psql(host: Any, sql: str, database: str = SHARED["postgresql_app_database"])
     return result.stdout.strip()
 
 
+def ansible_playbook(
+    inventory: str, playbook: str, *extra_vars: str
+) -> subprocess.CompletedProcess[str]:
+    """Runs a playbook of the repository (ansible-playbook beside this Python) against the
+    inventory under test, each of extra_vars given with -e; its output is captured."""
+    return subprocess.run(
+        [
+            str(Path(sys.executable).with_name("ansible-playbook")),
+            "-i",
+            inventory,
+            str(REPOSITORY / playbook),
+            *[arg for value in extra_vars for arg in ("-e", value)],
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPOSITORY,
+        check=False,
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "host_group(name): run only on hosts of this inventory group"

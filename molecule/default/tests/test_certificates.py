@@ -7,15 +7,13 @@ from __future__ import annotations
 import base64
 import datetime
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPOSITORY, SHARED, psql, secrets_dir
+from conftest import SHARED, ansible_playbook, psql, secrets_dir
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from testinfra.utils.ansible_runner import AnsibleRunner
@@ -29,12 +27,6 @@ HEALTH_BODY = (
     "import sys, urllib.request;"
     " print(urllib.request.urlopen(f'http://127.0.0.1:{sys.argv[1]}/api/health').read().decode())"
 )
-
-
-def playbook(request: pytest.FixtureRequest, *args: str) -> subprocess.CompletedProcess[str]:
-    inventory = request.config.option.ansible_inventory
-    command = [str(Path(sys.executable).with_name("ansible-playbook")), "-i", inventory, *args]
-    return subprocess.run(command, capture_output=True, text=True, cwd=REPOSITORY, check=False)
 
 
 def served_not_after(db_host: Any) -> datetime.datetime:
@@ -106,7 +98,7 @@ def test_a_certificate_near_its_end_is_renewed_with_the_gateways_connected(
     time.sleep(1)
     assert served_not_after(db_host) - datetime.datetime.now(datetime.UTC) < SHORT_LIFE
 
-    run = playbook(request, str(REPOSITORY / "database.yml"))
+    run = ansible_playbook(request.config.option.ansible_inventory, "database.yml")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     renewed = served_not_after(db_host) - datetime.datetime.now(datetime.UTC)
     print(f"certificate renewal: served certificate now ends in {renewed.days} days")
@@ -125,12 +117,10 @@ def test_a_controller_without_the_ca_key_stops_instead_of_replacing_it(
     db_host = group_host("database")
     before = db_host.file(SERVER_CERT).sha256sum
     empty_pki = tmp_path / "pki"
-    run = playbook(
-        request,
-        str(REPOSITORY / "database.yml"),
-        "-e",
+    run = ansible_playbook(
+        request.config.option.ansible_inventory,
+        "database.yml",
         f"pki_dir={empty_pki}",
-        "-e",
         "pki_ca_create=false",
     )
     assert run.returncode != 0, run.stdout[-3000:]

@@ -40,6 +40,7 @@ BUNDLE_FILES = [
     "responses_head.txt",
     "join_check.txt",
     "db_security.txt",
+    "backup_info.txt",
     "figures.json",
     "SUMMARY.md",
     "manifest.json",
@@ -53,6 +54,7 @@ CRITERIA = [
     "Response logged",
     "Request/response integrity",
     "Certificates: valid, not near their end",
+    "Backups younger than their schedule allows",
     "No secret in the bundle",
 ]
 

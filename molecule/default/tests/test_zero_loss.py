@@ -7,8 +7,6 @@ row. Bounded: a few concurrent clients, stopped when the change is over."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -20,7 +18,7 @@ from typing import Any
 
 import openai
 import pytest
-from conftest import REPOSITORY, SHARED, build_changed_release, client_tls, psql
+from conftest import SHARED, ansible_playbook, build_changed_release, client_tls, psql
 
 CLIENTS = 4
 # Long enough for the traffic to straddle the change, short enough to stay cheap.
@@ -161,15 +159,6 @@ def test_a_database_restart_under_load_loses_nothing(
     judge(db_host, load, "database restart")
 
 
-def deploy_gateways(inventory: str, *extra_vars: str) -> subprocess.CompletedProcess[str]:
-    """gateway.yml, as an operator runs it for a release (`-e name=value` for each var)."""
-    command = [str(Path(sys.executable).with_name("ansible-playbook")), "-i", inventory]
-    for extra_var in extra_vars:
-        command += ["-e", extra_var]
-    command.append(str(REPOSITORY / "gateway.yml"))
-    return subprocess.run(command, capture_output=True, text=True, cwd=REPOSITORY, check=False)
-
-
 def current_release(gateway: Any) -> str:
     return gateway.file("/opt/llm-gateway/current").linked_to
 
@@ -185,8 +174,11 @@ def test_a_rolling_deploy_under_load_loses_nothing(
     release_dir, version = changed_release
     inventory = request.config.option.ansible_inventory
     with traffic(address, master_key) as load:
-        deploy = deploy_gateways(
-            inventory, f"gateway_release_dir={release_dir}", f"gateway_release_version={version}"
+        deploy = ansible_playbook(
+            inventory,
+            "gateway.yml",
+            f"gateway_release_dir={release_dir}",
+            f"gateway_release_version={version}",
         )
     assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-2000:]
     for gateway in group_hosts("gateway"):
@@ -214,8 +206,9 @@ def test_a_release_that_fails_its_health_check_stops_the_rollout(
     before = [current_release(gateway) for gateway in gateways]
     try:
         with traffic(address, master_key) as load:
-            deploy = deploy_gateways(
+            deploy = ansible_playbook(
                 inventory,
+                "gateway.yml",
                 f"gateway_release_dir={release_dir}",
                 f"gateway_release_version={version}",
                 "gateway_health_timeout=20",
@@ -230,6 +223,6 @@ def test_a_release_that_fails_its_health_check_stops_the_rollout(
         assert [a == b for a, b in zip(now, before, strict=True)].count(False) == 1, now
         judge(group_host("database"), load, "failed release")
     finally:
-        restored = deploy_gateways(inventory)
+        restored = ansible_playbook(inventory, "gateway.yml")
     assert restored.returncode == 0, restored.stdout[-3000:] + restored.stderr[-2000:]
     assert all(not current_release(gateway).endswith(version) for gateway in gateways)

@@ -11,8 +11,10 @@ Filters (Jinja name -> function):
 - ``evidence_queries``: every SQL statement the role runs, built from its settings
 - ``evidence_systemctl_show``: ``systemctl show`` output -> {property: value}
 - ``evidence_journal_since``: journalctl's --since for the unit's last start
-- ``evidence_measure``: every figure, from what the chat, gateway, balancer and database plays
-  handed over, against the inventory's gateways and balancers
+- ``evidence_measure``: every figure, from what the chat, gateway, balancer, database and
+  backup plays handed over, against the inventory's gateways and balancers
+- ``evidence_backup_wal``: where the newest archived WAL segment is in the repository, from
+  ``pgbackrest info --output=json`` (the backup play lists it to learn its time)
 - ``evidence_withhold``: the bundle's files, those carrying a secret replaced by a notice
 - ``evidence_judge``: the acceptance criteria, each passed or not, with figure and reasons
 - ``evidence_verdict``: the overall result and one printable line per criterion
@@ -756,6 +758,111 @@ def database_figures(database: Mapping[str, Any]) -> dict[str, Any]:
     return figures
 
 
+# --- backups (pgBackRest) --------------------------------------------------------------------
+# The backup play hands over, from the host that holds the repository: ``pgbackrest info``
+# as text and as JSON, ``pgbackrest repo-ls --output=json`` of the newest archived WAL
+# segment, and the host's clock (epoch seconds).
+def _json(text: Any) -> Any:
+    try:
+        return json.loads(text) if text not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _stanza(info: Any) -> dict[str, Any]:
+    """The first stanza of ``pgbackrest info --output=json``, {} when there is none."""
+    return info[0] if isinstance(info, list) and info and isinstance(info[0], dict) else {}
+
+
+def backup_wal(info_json: Any, stanza: Any) -> dict[str, str]:
+    """The filter ``evidence_backup_wal``: the repository path (relative to the repository)
+    and the file-name filter of the newest archived WAL segment, or '' for both."""
+    archives = [a for a in _stanza(_json(info_json)).get("archive") or [] if a.get("max")]
+    if not archives:
+        return {"path": "", "filter": "", "segment": ""}
+    archive = archives[-1]
+    segment = str(archive["max"])
+    if not re.fullmatch(r"[0-9A-F]{24}", segment) or not re.fullmatch(
+        r"[0-9]+-[0-9]+", str(archive.get("id"))
+    ):
+        return {"path": "", "filter": "", "segment": ""}
+    return {
+        "path": f"archive/{stanza}/{archive['id']}/{segment[:16]}",
+        "filter": f"^{segment}",
+        "segment": segment,
+    }
+
+
+def _age(now: int | None, then: int | None) -> int | None:
+    return now - then if now is not None and then is not None else None
+
+
+def _backup_shown(entry: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if not entry:
+        return None
+    return {
+        "label": entry.get("label"),
+        "type": entry.get("type"),
+        "stopped": _int((entry.get("timestamp") or {}).get("stop")),
+    }
+
+
+def backup_figures(backup: Mapping[str, Any], periods: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Everything measured about the backups: the stanza's state, the newest full backup,
+    the newest backup of any type and the newest archived WAL segment, each with its age
+    (on the repository host's clock), and the limits the schedule allows."""
+    periods = periods or {}
+    stanza = _stanza(_json(backup.get("info_json")))
+    now = _int(backup.get("now"))
+    backups = sorted(
+        (b for b in stanza.get("backup") or [] if isinstance(b, dict)),
+        key=lambda b: _int((b.get("timestamp") or {}).get("stop")) or 0,
+    )
+    fulls = [b for b in backups if b.get("type") == "full"]
+    newest, newest_full = (
+        _backup_shown(backups[-1] if backups else None),
+        _backup_shown(fulls[-1] if fulls else None),
+    )
+    for entry in (newest, newest_full):
+        if entry:
+            entry["age_s"] = _age(now, entry["stopped"])
+    listing = _json(backup.get("wal_ls_json"))
+    wal_time = None
+    if isinstance(listing, dict):
+        times = [_int(v.get("time")) for v in listing.values() if isinstance(v, dict)]
+        times = [t for t in times if t is not None]
+        wal_time = max(times) if times else None
+    grace = _int(periods.get("grace_hours")) or 0
+    full_hours, backup_hours = (
+        _int(periods.get("full_period_hours")),
+        _int(periods.get("backup_period_hours")),
+    )
+    return {
+        "reported": bool(backup),
+        "host": backup.get("host"),
+        "collection_error": backup.get("error") or "",
+        "stanza": stanza.get("name"),
+        "status_code": _int((stanza.get("status") or {}).get("code")),
+        "status_message": (stanza.get("status") or {}).get("message"),
+        "backups": len(backups),
+        "newest": newest,
+        "newest_full": newest_full,
+        "newest_wal": {
+            "segment": backup.get("wal_segment") or None,
+            "archived": wal_time,
+            "age_s": _age(now, wal_time),
+        },
+        "now": now,
+        "limits": {
+            "full_max_age_s": (full_hours + grace) * 3600 if full_hours is not None else None,
+            "backup_max_age_s": (backup_hours + grace) * 3600 if backup_hours is not None else None,
+            "full_period_hours": full_hours,
+            "backup_period_hours": backup_hours,
+            "grace_hours": grace,
+        },
+    }
+
+
 def _hosts(expected: Iterable[Any] | None, reported: Mapping[str, Any]) -> list[str]:
     """The inventory's hosts of a tier, then any other host that reported (in that order)."""
     hosts = [str(host) for host in expected] if expected is not None else sorted(reported)
@@ -834,6 +941,8 @@ def measure(
     entry: Mapping[str, Any] | None = None,
     gateway_hosts: Iterable[Any] | None = None,
     balancer_hosts: Iterable[Any] | None = None,
+    backup: Mapping[str, Any] | None = None,
+    backup_periods: Mapping[str, Any] | None = None,
 ) -> dict:
     """The filter ``evidence_measure``: every figure of the bundle, from the handed-over facts.
 
@@ -841,6 +950,8 @@ def measure(
     - database, entry: the facts of the database play and of the chat call's play
     - gateway_hosts, balancer_hosts: the inventory's groups; every one of them is judged,
       also one that did not report (None: the hosts that reported)
+    - backup: the facts of the backup play; backup_periods: the schedule's longest gaps
+      (full_period_hours, backup_period_hours) and the grace (grace_hours)
     """
     gateways = gateways or {}
     balancers = balancers or {}
@@ -881,6 +992,7 @@ def measure(
         "chat": chat_figures(entry.get("chat") or {}),
         "database": database_figures(database),
         "database_rows": _load_rows(database.get("rows"))[0],
+        "backup": backup_figures(backup or {}, backup_periods),
     }
 
 
@@ -1207,6 +1319,51 @@ def _integrity(figures: Mapping[str, Any]) -> dict[str, Any]:
     return _criterion("Request/response integrity", why, figure, "join_check.txt")
 
 
+def _hours(seconds: Any) -> str:
+    return "?" if seconds is None else f"{seconds / 3600:.1f} h"
+
+
+def _backup_fresh(figures: Mapping[str, Any]) -> dict[str, Any]:
+    backup = figures.get("backup") or backup_figures({}, None)
+    limits = backup["limits"]
+    full, newest, wal = backup["newest_full"], backup["newest"], backup["newest_wal"]
+    why = []
+    if not backup["reported"]:
+        why.append(NOT_REPORTED.format("backup"))
+    elif backup["collection_error"]:
+        why.append(f"the backup figures are incomplete: {backup['collection_error']}")
+    if backup["reported"]:
+        if backup["status_code"] != 0:
+            why.append(
+                f"stanza {shown(backup['stanza'])} is not ok: {shown(backup['status_message'])}"
+            )
+        if not full:
+            why.append("no full backup in the repository")
+        for entry, limit, what in (
+            (full, limits["full_max_age_s"], "full backup"),
+            (newest, limits["backup_max_age_s"], "backup"),
+        ):
+            if not entry:
+                continue
+            if entry["age_s"] is None or limit is None:
+                why.append(f"the age of the newest {what} or its limit is unknown")
+            elif entry["age_s"] > limit:
+                why.append(
+                    f"the newest {what} {entry['label']} is {_hours(entry['age_s'])} old,"
+                    f" the schedule allows {_hours(limit)}"
+                )
+    figure = (
+        f"stanza {shown(backup['stanza'])}: {shown(backup['status_message'])};"
+        f" {backup['backups']} backup(s); newest full"
+        f" {(full or {}).get('label') or 'none'} {_hours((full or {}).get('age_s'))} old"
+        f" (limit {_hours(limits['full_max_age_s'])}); newest"
+        f" {(newest or {}).get('label') or 'none'} {_hours((newest or {}).get('age_s'))} old"
+        f" (limit {_hours(limits['backup_max_age_s'])}); newest archived WAL"
+        f" {shown(wal['segment'])} {_hours(wal['age_s'])} old"
+    )
+    return _criterion("Backups younger than their schedule allows", why, figure, "backup_info.txt")
+
+
 def _no_secret(guard: Mapping[str, Any]) -> dict[str, Any]:
     why = []
     if not guard.get("secrets_searched"):
@@ -1264,6 +1421,7 @@ def judge(figures: Mapping[str, Any], guard: Mapping[str, Any]) -> list[dict[str
         _response_logged(figures),
         _integrity(figures),
         _certificates(figures),
+        _backup_fresh(figures),
         _no_secret(guard),
     ]
 
@@ -1293,6 +1451,7 @@ class FilterModule:
             "evidence_systemctl_show": systemctl_show,
             "evidence_journal_since": journal_since,
             "evidence_measure": measure,
+            "evidence_backup_wal": backup_wal,
             "evidence_withhold": withhold,
             "evidence_judge": judge,
             "evidence_verdict": verdict,
