@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import evidence
 import pytest
 from samples import BACKUP_PERIODS, BACKUP_STOPPED, Deployment, backup_facts, read
-
-import evidence
 
 sys.path.insert(
     0, str(Path(__file__).resolve().parents[2] / "roles" / "pgbackrest" / "filter_plugins")
