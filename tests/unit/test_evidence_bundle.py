@@ -108,7 +108,7 @@ def test_a_healthy_deployment_gives_a_passing_bundle(tmp_path: Path) -> None:
     assert {p.name for p in run.path.iterdir()} == BUNDLE_FILES
     manifest = run.json("manifest.json")
     assert manifest["result"] == "PASS"
-    assert [c["passed"] for c in manifest["criteria"]] == [True] * 9
+    assert [c["passed"] for c in manifest["criteria"]] == [True] * 10
     assert manifest["request_id"] == samples.REQUEST_ID
     assert manifest["hosts"]["gateway"] == samples.GATEWAYS
     assert manifest["hosts"]["collected_from"] == {
