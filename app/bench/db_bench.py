@@ -118,9 +118,9 @@ class Bench:
 
     # ---- (a) ----------------------------------------------------------------------
     def retention(self, database: str) -> None:
-        oldest = day(-self.args.days)
+        oldest = day(-self.args.days + 1)  # the oldest full day (the first is partial)
         stamp = f"{oldest:%Y%m%d}"
-        lower, upper = oldest.isoformat(), day(-self.args.days + 1).isoformat()
+        lower, upper = oldest.isoformat(), day(-self.args.days + 2).isoformat()
         rows = self.sql(
             database,
             "SELECT count(*) FROM requests"
@@ -136,18 +136,26 @@ class Bench:
                 )  # the FK cascades to the responses
                 delete_s = time.perf_counter() - started
                 conn.rollback()
-                started = time.perf_counter()
+                steps = []
                 for table in ("responses", "requests"):
-                    cursor.execute(f"ALTER TABLE {table} DETACH PARTITION {table}_p{stamp}")
-                    cursor.execute(f"DROP TABLE {table}_p{stamp}")
+                    for statement in (
+                        f"ALTER TABLE {table} DETACH PARTITION {table}_p{stamp}",
+                        f"DROP TABLE {table}_p{stamp}",
+                    ):
+                        started = time.perf_counter()
+                        cursor.execute(statement)
+                        steps.append((statement, (time.perf_counter() - started) * 1000))
+                started = time.perf_counter()
                 conn.commit()
-                drop_s = time.perf_counter() - started
+                steps.append(("COMMIT", (time.perf_counter() - started) * 1000))
+                drop_s = sum(ms for _, ms in steps) / 1000
         finally:
             conn.close()
         say(
             f"(a) retention of one day ({rows} exchanges): detach+drop {drop_s * 1000:.1f} ms,"
             f" DELETE of the same rows {delete_s * 1000:.0f} ms (same run, rolled back)"
         )
+        say("(a) " + "; ".join(f"{statement} {ms:.1f} ms" for statement, ms in steps))
         self.figures["retention"] = {"rows": rows, "drop_ms": drop_s * 1000,
                                      "delete_ms": delete_s * 1000}  # fmt: skip
 
@@ -232,6 +240,10 @@ class Bench:
             f" duplicated={during['duplicated']} without_response={during['without_response']};"
             f" writer {result['writer']}; the rows from before: {kept}"
         )
+        event = next(
+            (ln for ln in result["output"].splitlines() if ln.startswith("migrate_0003")), ""
+        )
+        say(f"(d) the migration's own account: {event}")
         self.figures["migration"] = {"seconds": result["migration_s"], **during,
                                      "sent": result["sent"], "kept": after == before}  # fmt: skip
 
