@@ -519,7 +519,12 @@ class ExchangeWriter:
         # (~0.2 ms each at 36 days, 3x the generic plan's cost). The writer's own
         # statement is never prepared, so this changes only those checks. Harmless to the
         # pool's other users should this connection go back to it.
-        conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+        try:
+            conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+        except SQLAlchemyError:
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
         self._conn = conn
         self._conn_since = time.monotonic()
 

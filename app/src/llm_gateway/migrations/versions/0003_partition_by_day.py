@@ -30,6 +30,8 @@ Moving the rows while gateways keep writing, in this one transaction:
    table at that moment has ended, so every row with id <= A (<= B) is committed.
 3. Create the partitioned tables beside the old ones, copy the rows id <= A (<= B),
    then build keys, indexes and the FK. Gateways keep inserting into the old tables.
+   Then catch up: new marks, the same wait, copy the rows between the marks; again
+   until a pass copies at most CATCH_UP_ENOUGH requests (or CATCH_UP_PASSES passes).
 4. LOCK both old tables ACCESS EXCLUSIVE (waiting at most LOCK_TIMEOUT; on timeout the
    migration fails and changes nothing: run it again). Writers now wait on the lock
    (their writer queues, then spools, and replays afterwards).
@@ -37,8 +39,8 @@ Moving the rows while gateways keep writing, in this one transaction:
    rows as both copies together, drop the old tables, give the new ones their names, and
    set the identities past every id ever allocated. COMMIT releases the lock; a waiting
    insert finds the new table.
-The exclusive window is step 4-5: the rows written during the bulk copy plus a count of
-the old tables. The migration reports both phases' durations on stderr (migrate_0003).
+The exclusive window is step 4-5: the rows written during the last catch-up pass plus a
+count of the old tables. The migration reports both phases' durations on stderr (migrate_0003).
 
 Downgrade copies everything back into plain tables under an exclusive lock held for the
 whole copy (writers wait and spool for that long): a rollback is rare and must not lose
@@ -68,6 +70,9 @@ PREMAKE_DAYS = 4
 MAX_BACKFILL_DAYS = 90
 # Longest wait for the exclusive lock: while we wait, new writes queue behind us.
 LOCK_TIMEOUT = "10s"
+# Catch-up passes before the lock: at most this many, done once a pass copied this few.
+CATCH_UP_PASSES = 5
+CATCH_UP_ENOUGH = 2000
 MAINTENANCE_WORK_MEM = "512MB"
 WORK_MEM = "128MB"
 # Longest wait for the writes in flight when the move starts to finish.
@@ -195,6 +200,16 @@ def _continue_identity(conn: Connection, table: str, position: int) -> None:
         )
 
 
+def _marks(conn: Connection) -> tuple[int, int]:
+    """(requests, responses) ids up to which every row is committed once this returns.
+    The responses' sequence is read first: a response's id is allocated after its
+    request's, so every response up to its mark has its request up to the other."""
+    responses = _sequence_position(conn, "responses")
+    requests = _sequence_position(conn, "requests")
+    _wait_for_writers(conn, ("requests", "responses"))
+    return requests, responses
+
+
 def _wait_for_writers(conn: Connection, tables: tuple[str, ...]) -> None:
     """Wait until every transaction holding a lock on ``tables`` now has ended (the way
     CREATE INDEX CONCURRENTLY waits): ids read from the sequences before this are then
@@ -274,9 +289,7 @@ def upgrade() -> None:
     # otherwise spill to disk (and take most of the time outside the lock).
     conn.exec_driver_sql(f"SET LOCAL maintenance_work_mem = '{MAINTENANCE_WORK_MEM}'")
     conn.exec_driver_sql(f"SET LOCAL work_mem = '{WORK_MEM}'")
-    responses_mark = _sequence_position(conn, "responses")
-    requests_mark = _sequence_position(conn, "requests")
-    _wait_for_writers(conn, ("requests", "responses"))
+    requests_mark, responses_mark = _marks(conn)
 
     today, oldest = conn.exec_driver_sql(
         "SELECT (now() AT TIME ZONE 'UTC')::date,"
@@ -288,6 +301,22 @@ def upgrade() -> None:
     started = time.monotonic()
     bulk = _copy(conn, suffix, f"id <= {requests_mark}", f"p.id <= {responses_mark}")
     _add_keys(conn, suffix)
+    # Catch up with what the gateways wrote meanwhile, the same way, until little is left
+    # for the exclusive window (each pass takes a fraction of the one before).
+    passes = []
+    for _ in range(CATCH_UP_PASSES):
+        requests_next, responses_next = _marks(conn)
+        copied = _copy(
+            conn,
+            suffix,
+            f"id > {requests_mark} AND id <= {requests_next}",
+            f"p.id > {responses_mark} AND p.id <= {responses_next}",
+        )
+        bulk = [bulk[0] + copied[0], bulk[1] + copied[1]]
+        passes.append(copied[0])
+        requests_mark, responses_mark = requests_next, responses_next
+        if copied[0] <= CATCH_UP_ENOUGH:
+            break
 
     # The exclusive window: from here to COMMIT.
     locked = time.monotonic()
@@ -295,7 +324,9 @@ def upgrade() -> None:
     rest = _copy(conn, suffix, f"id > {requests_mark}", f"p.id > {responses_mark}")
     # The new side's counts are the copies' own; counting the freshly written tables
     # would read them whole while writers wait.
+    counted = time.monotonic()
     old, new = _counts(conn), [bulk[0] + rest[0], bulk[1] + rest[1]]
+    count_s = time.monotonic() - counted
     if old != new:
         raise RuntimeError(f"rows (requests, responses): {old} before, {new} copied")
     positions = {table: _sequence_position(conn, table) for table in ("requests", "responses")}
@@ -310,7 +341,9 @@ def upgrade() -> None:
     emit_event(
         "migrate_0003",
         rows_before_lock=bulk,
+        catch_up_passes=passes,
         rows_under_lock=rest,
+        count_under_lock_s=round(count_s, 3),
         copy_and_keys_s=round(locked - started, 3),
         exclusive_s=round(time.monotonic() - locked, 3),
     )
