@@ -263,7 +263,8 @@ def main() -> None:
         cluster.start()
         stack.callback(cluster.stop)
         bench = Bench(args, cluster, work)
-        say(f"bench-db: {args.exchanges} exchanges over {args.days} days, PostgreSQL"
+        say(f"bench-db: parts {args.parts}, {args.exchanges} exchanges (a-c) and"
+            f" {args.migrate_exchanges} (d) over {args.days} days, PostgreSQL"
             f" {cluster.bindir.parts[-2]}, {os.cpu_count()} CPUs")  # fmt: skip
         if set(args.parts) & set("abc"):
             url = bench.database("part", "head")
