@@ -109,8 +109,8 @@ def start_postgres(stack: contextlib.ExitStack, work: Path) -> str:
     return cluster.url("bench")
 
 
-def migrate(env: dict[str, str]) -> None:
-    done = subprocess.run([*venv_command("llm-gateway", "llm_gateway.cli"), "migrate"],
+def migrate(env: dict[str, str], revision: str = "head") -> None:
+    done = subprocess.run([*venv_command("llm-gateway", "llm_gateway.cli"), "migrate", revision],
                           env=env, capture_output=True, text=True)  # fmt: skip
     if done.returncode != 0:
         raise RuntimeError(f"llm-gateway migrate failed:\n{done.stderr[-2000:]}")

@@ -69,11 +69,11 @@ def migrate(env: dict[str, str], *args: str, stdin: str | None = None):
 def test_migrate_and_check_from_pg_variables(pg_cluster, empty_database):
     env = pg_env(pg_cluster, empty_database)
     behind = migrate(env, "--check")
-    assert (behind.returncode, behind.stdout) == (3, "behind: database at none, code at 0002\n")
+    assert (behind.returncode, behind.stdout) == (3, "behind: database at none, code at 0003\n")
     done = migrate(env)
     assert done.returncode == 0, done.stderr
     current = migrate(env, "--check")
-    assert (current.returncode, current.stdout) == (0, "current: database at 0002\n")
+    assert (current.returncode, current.stdout) == (0, "current: database at 0003\n")
     # Run as the owner, over TLS: the tables are the owner's.
     owners = query(pg_cluster, empty_database, "SELECT DISTINCT tableowner FROM pg_tables"
                    " WHERE tablename IN ('requests', 'responses')")  # fmt: skip
@@ -84,7 +84,7 @@ def test_check_names_both_revisions_and_changes_nothing(pg_cluster, empty_databa
     env = pg_env(pg_cluster, empty_database)
     assert migrate(env, "0001").returncode == 0
     check = migrate(env, "--check")
-    assert (check.returncode, check.stdout) == (3, "behind: database at 0001, code at 0002\n")
+    assert (check.returncode, check.stdout) == (3, "behind: database at 0001, code at 0003\n")
     assert query(pg_cluster, empty_database, "SELECT version_num FROM alembic_version") == [
         ("0001",)
     ]
@@ -102,13 +102,13 @@ def test_check_fails_on_a_revision_the_code_does_not_know(pg_cluster, empty_data
 def test_password_from_stdin_overrides_the_environment(pg_cluster, empty_database):
     env = pg_env(pg_cluster, empty_database, PGPASSWORD=WRONG_PASSWORD)
     check = migrate(env, "--check", "--password-stdin", stdin=PASSWORD + "\nignored\n")
-    assert (check.returncode, check.stdout) == (3, "behind: database at none, code at 0002\n")
+    assert (check.returncode, check.stdout) == (3, "behind: database at none, code at 0003\n")
     done = migrate(env, "--password-stdin", stdin=PASSWORD + "\n")
     assert done.returncode == 0, done.stderr
     # The same for a DATABASE_URL, which then needs no password of its own.
     url = pg_cluster.url(empty_database, user=OWNER)
     again = migrate({"DATABASE_URL": url}, "--check", "--password-stdin", stdin=PASSWORD + "\n")
-    assert (again.returncode, again.stdout) == (0, "current: database at 0002\n")
+    assert (again.returncode, again.stdout) == (0, "current: database at 0003\n")
 
 
 def test_a_wrong_or_missing_password_is_one_line_without_it(pg_cluster, empty_database):

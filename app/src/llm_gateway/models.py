@@ -1,5 +1,14 @@
-"""Database schema: one row per request, one per response, linked by a cascading FK."""
+"""Database schema: one row per request, one per response, linked by a cascading FK.
 
+Both tables are range-partitioned by day (UTC) since revision 0003: ``requests`` by
+``created_at``, ``responses`` by ``request_created_at`` (its request's ``created_at``), so
+an exchange's rows share a day and a day goes by dropping its partitions. PostgreSQL wants
+the partition key in every unique key, hence the composite keys. The daily children
+(``requests_p20261130``, ..., ``requests_default``) are not modelled: the migration and
+pg_partman create them (``is_partition``).
+"""
+
+import re
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -7,14 +16,16 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     DateTime,
-    ForeignKey,
+    ForeignKeyConstraint,
     Identity,
+    Index,
     Integer,
     MetaData,
     Numeric,
     SmallInteger,
     String,
     Text,
+    UniqueConstraint,
     func,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -34,11 +45,25 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+# A daily child as pg_partman 5 names it, or the default partition.
+_PARTITION = re.compile(r"^(requests|responses)_(p\d{8}|default)$")
+
+
+def is_partition(table_name: str | None) -> bool:
+    """A partition of requests or responses (schema comparisons skip them)."""
+    return bool(table_name and _PARTITION.match(table_name))
+
+
 class RequestRecord(Base):
     __tablename__ = "requests"
+    __table_args__ = (
+        # The writer's ON CONFLICT target: a replayed exchange carries its created_at.
+        UniqueConstraint("request_id", "created_at", name="uq_requests_request_id"),
+        {"postgresql_partition_by": "RANGE (created_at)"},
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
-    request_id: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)
+    request_id: Mapped[str] = mapped_column(String(255), nullable=False)
     route: Mapped[str] = mapped_column(String(255))
     method: Mapped[str] = mapped_column(String(16))
     url: Mapped[str] = mapped_column(Text)
@@ -49,17 +74,28 @@ class RequestRecord(Base):
     key_alias: Mapped[str | None] = mapped_column(String(255))
     user: Mapped[str | None] = mapped_column("user", String(255))
     created_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now(), index=True
+        DateTime(timezone=True), server_default=func.now(), primary_key=True, index=True
     )
 
 
 class ResponseRecord(Base):
     __tablename__ = "responses"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["request_id_fk", "request_created_at"],
+            ["requests.id", "requests.created_at"],
+            name="fk_responses_request_id_fk_requests",
+            ondelete="CASCADE",
+        ),
+        # The FK's lookup index (the cascade deletes by both columns).
+        Index("ix_responses_request_id_fk", "request_id_fk", "request_created_at"),
+        {"postgresql_partition_by": "RANGE (request_created_at)"},
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
-    request_id_fk: Mapped[int] = mapped_column(
-        BigInteger, ForeignKey("requests.id", ondelete="CASCADE"), nullable=False, index=True
-    )
+    request_id_fk: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    # The request's created_at: the partition key, so both rows of an exchange share a day.
+    request_created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
     response_body: Mapped[Any | None] = mapped_column(JSONB)
     status_code: Mapped[int] = mapped_column(Integer)
     latency_ms: Mapped[Decimal] = mapped_column(Numeric(10, 2))
