@@ -232,7 +232,8 @@ def test_request_id_in_reports(bundle: Bundle, name: str) -> None:
 
 def test_join_check_shows_cascade_and_no_orphans(bundle: Bundle) -> None:
     join = bundle.text("join_check.txt")
-    assert "REFERENCES requests(id) ON DELETE CASCADE" in join
+    # Revision 0003: the key of a partitioned requests includes its partition column.
+    assert "REFERENCES requests(id, created_at) ON DELETE CASCADE" in join
     figures = bundle.json("figures.json")["figures"]
     assert figures["requests_without_response"] == 0
     assert figures["responses_without_request"] == 0

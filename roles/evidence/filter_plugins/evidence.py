@@ -98,6 +98,8 @@ SELECT conname, conrelid::regclass AS table_name, confrelid::regclass AS referen
        pg_get_constraintdef(oid) AS definition
 FROM pg_constraint
 WHERE contype = 'f' AND conrelid = 'responses'::regclass
+  -- The key itself, not the copies PostgreSQL keeps per partition of a partitioned requests.
+  AND conparentid = 0
 ORDER BY conname""",
     },
     "db_security": {
@@ -566,7 +568,10 @@ def balancer_figures(
 
 
 # --- the database's rows (the report queries as JSON) ---------------------------------------
-_CASCADE_FK = re.compile(r"REFERENCES (?:public\.)?requests\(id\) ON DELETE CASCADE")
+# Revision 0003 (partitioned by day) keys the row by (id, created_at); 0002 by id alone.
+_CASCADE_FK = re.compile(
+    r"REFERENCES (?:public\.)?requests\(id(?:, created_at)?\) ON DELETE CASCADE"
+)
 
 
 def _load_rows(text: Any) -> tuple[dict[str, Any], str]:
