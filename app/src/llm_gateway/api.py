@@ -161,10 +161,12 @@ def db_stats(request: Request) -> dict:
     gateway = _gateway(request)
 
     def counts(conn) -> dict[str, int]:
-        return {
-            "requests": conn.scalar(select(func.count()).select_from(RequestRecord)),
-            "responses": conn.scalar(select(func.count()).select_from(ResponseRecord)),
-        }
+        # One statement, one snapshot: two separate counts could straddle a commit and show
+        # a response without its request.
+        requests = select(func.count()).select_from(RequestRecord).scalar_subquery()
+        responses = select(func.count()).select_from(ResponseRecord).scalar_subquery()
+        row = conn.execute(select(requests, responses)).one()
+        return {"requests": row[0], "responses": row[1]}
 
     gateway.writer.publish_state()  # this worker's gauges as of now; others' within 1 s
     return {
