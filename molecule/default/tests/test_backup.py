@@ -17,7 +17,7 @@ from typing import Any
 
 import openai
 import pytest
-from conftest import SHARED, ansible_playbook, psql
+from conftest import SHARED, ansible_playbook, client_tls, psql
 from testinfra.utils.ansible_runner import AnsibleRunner
 
 STANZA = SHARED["pgbackrest_stanza"]
@@ -44,7 +44,10 @@ def pgbackrest(host: Any, *args: str) -> str:
 def exchanges(address: str, key: str, user: str, count: int) -> list[str]:
     """count chat calls through the balancer (the official client, no retries); their ids."""
     client = openai.OpenAI(
-        base_url=f"http://{address}:{SHARED['gateway_port']}/v1", api_key=key, max_retries=0
+        base_url=f"https://{address}:{SHARED['gateway_port']}/v1",
+        api_key=key,
+        max_retries=0,
+        http_client=openai.DefaultHttpxClient(verify=client_tls()),
     )
     ids = []
     for _ in range(count):
