@@ -213,10 +213,12 @@ def test_a_release_that_fails_its_health_check_stops_the_rollout(
                 f"gateway_release_version={version}",
                 "gateway_health_timeout=20",
             )
+        # The failure's message goes to stdout or stderr, depending on the result callback.
+        said = deploy.stdout + deploy.stderr
         output = deploy.stdout[-4000:] + deploy.stderr[-2000:]
         assert deploy.returncode != 0, output
-        assert "did not answer 200 on /api/health" in deploy.stdout, output
-        assert "deliberately broken release" in deploy.stdout, "the journal is not shown"
+        assert "did not answer 200 on /api/health" in said, output
+        assert "deliberately broken release" in said, "the journal is not shown"
         now = [current_release(gateway) for gateway in gateways]
         # serial: 1, so exactly one gateway got the release; the others kept theirs.
         assert [link.endswith(version) for link in now].count(True) == 1, now
