@@ -31,7 +31,7 @@ INVENTORIES := lab staging production bookworm-check
 # Ubuntu 24.04: 3.12); `make wheelhouse TARGET_PYTHONS="3.12 3.13"` for both.
 TARGET_PYTHONS ?= 3.13
 
-.PHONY: help host-deps venv wheelhouse image lab-hosts lab lab-info lab-down lint syntax unit-test \
+.PHONY: help host-deps venv wheelhouse image lab-hosts lab lab-info lab-down lint syntax unit-test tests-beside-molecule \
 	app-test check-bookworm molecule evidence bench test
 
 help: ## List the targets
@@ -111,4 +111,10 @@ molecule: host-deps venv image wheelhouse ## molecule test: create, converge, id
 bench: ## The app's benchmark (app/Makefile)
 	$(MAKE) -C app bench
 
-test: host-deps venv lint syntax unit-test check-bookworm app-test molecule ## Everything CI runs
+test: host-deps venv lint syntax ## Everything CI runs: the checks, then molecule beside the other tests
+	@# Two jobs: the molecule scenario (mostly waiting on its hosts while it creates and
+	@# converges them) beside the controller, bookworm and app tests, which end before
+	@# its verify step starts under load. Each job's output is printed when it ends.
+	$(MAKE) --no-print-directory -j2 --output-sync=target molecule tests-beside-molecule
+
+tests-beside-molecule: unit-test check-bookworm app-test

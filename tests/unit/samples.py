@@ -200,12 +200,14 @@ def database_facts() -> dict[str, Any]:
                 "FOREIGN KEY (request_id_fk) REFERENCES requests(id) ON DELETE CASCADE\n"
             ),
             "db_security": "SELECT ...\n litellm_user  | SCRAM-SHA-256\n",
+            "partitions": "SELECT ...\n public.requests | created_at | 1 day | 4 | ...\n",
         },
         "report_errors": {
             "requests_head": "",
             "responses_head": "",
             "join_check": "",
             "db_security": "",
+            "partitions": "",
         },
     }
 

@@ -31,6 +31,7 @@ BUNDLE_FILES = {
     "join_check.txt",
     "db_security.txt",
     "backup_info.txt",
+    "partitions.txt",
     "figures.json",
     "SUMMARY.md",
     "manifest.json",
@@ -108,7 +109,7 @@ def test_a_healthy_deployment_gives_a_passing_bundle(tmp_path: Path) -> None:
     assert {p.name for p in run.path.iterdir()} == BUNDLE_FILES
     manifest = run.json("manifest.json")
     assert manifest["result"] == "PASS"
-    assert [c["passed"] for c in manifest["criteria"]] == [True] * 10
+    assert [c["passed"] for c in manifest["criteria"]] == [True] * 11
     assert manifest["request_id"] == samples.REQUEST_ID
     assert manifest["hosts"]["gateway"] == samples.GATEWAYS
     assert manifest["hosts"]["collected_from"] == {

@@ -61,6 +61,7 @@ def test_reports_print_the_queries_the_figures_are_computed_from() -> None:
     assert sorted(built["reports"]) == [
         "db_security",
         "join_check",
+        "partitions",
         "requests_head",
         "responses_head",
     ]

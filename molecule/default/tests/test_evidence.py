@@ -41,6 +41,7 @@ BUNDLE_FILES = [
     "join_check.txt",
     "db_security.txt",
     "backup_info.txt",
+    "partitions.txt",
     "figures.json",
     "SUMMARY.md",
     "manifest.json",
@@ -55,6 +56,7 @@ CRITERIA = [
     "Request/response integrity",
     "Certificates: valid, not near their end",
     "Backups younger than their schedule allows",
+    "Partitions made ahead, none older than the retention",
     "No secret in the bundle",
 ]
 

@@ -128,6 +128,31 @@ ORDER BY a.pid""",
 SELECT line_number, type, database, user_name, address, netmask, auth_method
 FROM pg_hba_file_rules ORDER BY line_number""",
     },
+    # The log tables' partitions, read from the catalog, and pg_partman's settings for them.
+    "partitions": {
+        "partition_sets": """
+SELECT parent_table, control, partition_interval, premake,
+       coalesce(retention, 'none (keep everything)') AS retention,
+       extract(epoch FROM retention::interval)::bigint AS retention_seconds,
+       retention_schema, maintenance_order, automatic_maintenance
+FROM partman.part_config
+WHERE parent_table IN ('public.requests', 'public.responses')
+ORDER BY maintenance_order NULLS LAST, parent_table""",
+        "partitions": """
+SELECT i.inhparent::regclass::text AS parent_table, c.relname AS partition,
+       pg_get_expr(c.relpartbound, c.oid) AS bounds,
+       b.bound[1]::timestamptz AS range_from, b.bound[2]::timestamptz AS range_to,
+       pg_size_pretty(pg_total_relation_size(c.oid)) AS size,
+       pg_total_relation_size(c.oid) AS bytes,
+       greatest(c.reltuples, 0)::bigint AS rows_estimated
+FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid
+LEFT JOIN LATERAL regexp_match(pg_get_expr(c.relpartbound, c.oid),
+                               'FROM \\(''([^'']*)''\\) TO \\(''([^'']*)''\\)') AS b(bound) ON true
+WHERE i.inhparent IN (to_regclass('public.requests'), to_regclass('public.responses'))
+ORDER BY parent_table, range_from NULLS FIRST""",
+        "partition_clock": "SELECT now() AS checked_at",
+    },
 }
 # Polled until the writer has committed the chat call's request and its response.
 ROW_WAIT = """
@@ -760,7 +785,74 @@ def database_figures(database: Mapping[str, Any]) -> dict[str, Any]:
         ),
     )
     figures["tls"] = tls_figures(database)
+    figures["partitions"] = partition_figures(
+        table("partition_sets"), table("partitions"), first("partition_clock", "checked_at")
+    )
     return figures
+
+
+# --- partitions (pg_partman) -------------------------------------------------------------------
+LOG_TABLES = ("public.requests", "public.responses")
+# A day is dropped by the first maintenance run after it passed the retention; runs are
+# hourly by default, so a day may outlive the retention by that long. One day of slack.
+RETENTION_SLACK_S = 86400
+# Maintenance must have made at least the next day ahead.
+AHEAD_MIN_S = 86400
+
+
+def _timestamp(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(value)) if value else None
+    except ValueError:
+        return None
+
+
+def partition_figures(
+    sets: list[dict[str, Any]] | None,
+    partitions: list[dict[str, Any]] | None,
+    checked_at: Any,
+) -> dict[str, Any]:
+    """Per log table: whether pg_partman keeps it, its retention, its dated partitions
+    (oldest, newest, count, size), the rows in its default partition, and the dated
+    partitions older than the retention allows. None when the queries returned nothing."""
+    if sets is None or partitions is None:
+        return {"measured": False, "tables": {}}
+    now = _timestamp(checked_at)
+    config = {row.get("parent_table"): row for row in sets}
+    tables = {}
+    for name in LOG_TABLES:
+        short = name.split(".", 1)[1]
+        children = [row for row in partitions if row.get("parent_table") in (name, short)]
+        dated = [row for row in children if _timestamp(row.get("range_to"))]
+        default = [row for row in children if not _timestamp(row.get("range_to"))]
+        kept = config.get(name) or {}
+        retention_s = _int(kept.get("retention_seconds"))
+        oldest_allowed = retention_s + RETENTION_SLACK_S if retention_s else None
+        beyond = [
+            row["partition"]
+            for row in dated
+            if now
+            and oldest_allowed
+            and (now - _timestamp(row["range_to"])).total_seconds() > oldest_allowed
+        ]
+        newest_to = _timestamp(dated[-1]["range_to"]) if dated else None
+        tables[short] = {
+            "partitioned": bool(children),
+            "kept_by_partman": bool(kept),
+            "retention": kept.get("retention"),
+            "retention_s": retention_s,
+            "premake": _int(kept.get("premake")),
+            "partitions": len(dated),
+            "oldest": dated[0]["partition"] if dated else None,
+            "oldest_from": dated[0].get("range_from") if dated else None,
+            "newest": dated[-1]["partition"] if dated else None,
+            "newest_to": dated[-1].get("range_to") if dated else None,
+            "ahead_s": (newest_to - now).total_seconds() if newest_to and now else None,
+            "bytes": sum(_int(row.get("bytes")) or 0 for row in children),
+            "default_rows_estimated": sum(_int(row.get("rows_estimated")) or 0 for row in default),
+            "beyond_retention": beyond,
+        }
+    return {"measured": True, "checked_at": checked_at, "tables": tables}
 
 
 # --- backups (pgBackRest) --------------------------------------------------------------------
@@ -1412,6 +1504,49 @@ def _certificates(figures: Mapping[str, Any]) -> dict[str, Any]:
     return _criterion("Certificates: valid, not near their end", why, figure, "figures.json")
 
 
+def _size(count: int) -> str:
+    return f"{count / 1048576:.1f} MiB"
+
+
+def _partitions(figures: Mapping[str, Any]) -> dict[str, Any]:
+    """Both log tables kept by pg_partman, made at least a day ahead, and no day older than
+    the retention (plus the slack of one maintenance interval)."""
+    database = figures["database"]
+    partitions = database.get("partitions") or {"measured": False, "tables": {}}
+    why = [] if database["reported"] else [NOT_REPORTED.format("database")]
+    if database["reported"] and not partitions["measured"]:
+        why.append("the partition queries returned nothing (is pg_partman installed?)")
+    shown_tables = []
+    for name, table in partitions["tables"].items():
+        if not table["partitioned"]:
+            why.append(f"{name} is not partitioned (revision 0003 not applied?)")
+            shown_tables.append(f"{name}: not partitioned")
+            continue
+        if not table["kept_by_partman"]:
+            why.append(f"{name} is not registered with pg_partman (run partitions.yml)")
+        if table["ahead_s"] is None or table["ahead_s"] < AHEAD_MIN_S:
+            why.append(
+                f"{name}'s newest partition {shown(table['newest'])} ends"
+                f" {shown(table['newest_to'])}, less than a day ahead (is the maintenance"
+                " timer running?)"
+            )
+        if table["beyond_retention"]:
+            why.append(
+                f"{name} keeps {len(table['beyond_retention'])} day(s) beyond its retention of"
+                f" {table['retention']}: {', '.join(table['beyond_retention'])}"
+            )
+        shown_tables.append(
+            f"{name}: {table['partitions']} daily partitions {shown(table['oldest'])} to"
+            f" {shown(table['newest'])}, {_size(table['bytes'])}, retention"
+            f" {table['retention'] or 'none (keep everything)'},"
+            f" about {table['default_rows_estimated']} rows in the default partition"
+        )
+    figure = "; ".join(shown_tables) or "no partitions measured"
+    return _criterion(
+        "Partitions made ahead, none older than the retention", why, figure, "partitions.txt"
+    )
+
+
 def judge(figures: Mapping[str, Any], guard: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The filter ``evidence_judge``: the acceptance criteria in their fixed order.
 
@@ -1427,6 +1562,7 @@ def judge(figures: Mapping[str, Any], guard: Mapping[str, Any]) -> list[dict[str
         _integrity(figures),
         _certificates(figures),
         _backup_fresh(figures),
+        _partitions(figures),
         _no_secret(guard),
     ]
 
