@@ -1,5 +1,7 @@
 """Operational endpoints: models, health, db-stats, stored exchanges, metrics, errors."""
 
+from importlib.metadata import version
+
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -38,6 +40,7 @@ def test_health_reports_database_pool_and_writer(gateway):
     assert body["database"]["ok"] is True
     assert body["pool"]["size"] == 5
     assert {"queue_depth", "spool_backlog", "db_ok"} <= set(body["writer"])
+    assert body["version"] == version("llm-gateway")
 
 
 def test_requests_and_responses_newest_first(gateway):

@@ -13,7 +13,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import JSONResponse, Response
 
-from llm_gateway import metrics
+from llm_gateway import __version__, metrics
 from llm_gateway.gateway import Gateway
 from llm_gateway.models import RequestRecord, ResponseRecord
 from llm_gateway.settings import NO_DATABASE
@@ -144,6 +144,9 @@ async def health(request: Request) -> JSONResponse:
             "restarts": counts["restarts"],
         },
         "log_mode": gateway.config.service.log_mode,
+        # The release this worker runs (what it imported at start, not what is installed
+        # now): after a deploy, the proof that the restart took effect.
+        "version": __version__,
     }
     return JSONResponse(body, status_code=503 if problems else 200)
 

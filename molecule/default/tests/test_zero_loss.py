@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ansible_playbook, build_changed_release
+from conftest import REPOSITORY, SHARED, ansible_playbook, build_changed_release
 from traffic import judge, traffic
 
 pytestmark = [pytest.mark.host_group("loadbalancer")]
@@ -42,6 +42,25 @@ def current_release(gateway: Any) -> str:
     return gateway.file("/opt/llm-gateway/current").linked_to
 
 
+# The version the serving workers imported (GET /api/health on the gateway itself, which
+# answers plain HTTP behind the balancer): proves the restart, not only the symlink.
+RUNNING_VERSION = (
+    "import json, sys, urllib.error, urllib.request\n"
+    "try:\n"
+    "    reply = urllib.request.urlopen(sys.argv[1], timeout=10)\n"
+    "except urllib.error.HTTPError as error:\n"
+    "    reply = error\n"
+    "print(json.load(reply).get('version', ''))"
+)
+
+
+def running_version(gateway: Any) -> str:
+    url = f"http://127.0.0.1:{SHARED['gateway_port']}/api/health"
+    result = gateway.run("python3 -c %s %s", RUNNING_VERSION, url)
+    assert result.rc == 0, result.stderr
+    return result.stdout.strip()
+
+
 def test_a_rolling_deploy_under_load_loses_nothing(
     address: str,
     master_key: str,
@@ -62,6 +81,7 @@ def test_a_rolling_deploy_under_load_loses_nothing(
     assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-2000:]
     for gateway in group_hosts("gateway"):
         assert current_release(gateway).endswith(version)
+        assert running_version(gateway) == version
     judge(group_host("database"), load, "rolling deploy")
 
 
@@ -106,4 +126,7 @@ def test_a_release_that_fails_its_health_check_stops_the_rollout(
     finally:
         restored = ansible_playbook(inventory, "gateway.yml")
     assert restored.returncode == 0, restored.stdout[-3000:] + restored.stderr[-2000:]
-    assert all(not current_release(gateway).endswith(version) for gateway in gateways)
+    # Every gateway runs the build/ release again (the rollback of RUNBOOK section 7).
+    deployed = (REPOSITORY / "build" / "VERSION").read_text().strip()
+    assert [running_version(gateway) for gateway in gateways] == [deployed] * len(gateways)
+    assert all(current_release(gateway).endswith(deployed) for gateway in gateways)
