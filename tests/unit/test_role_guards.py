@@ -135,3 +135,28 @@ def test_max_connections_is_not_a_free_setting(deployment) -> None:
     assert result.returncode != 0
     assert "postgresql_settings must not set max_connections" in output
     assert "postgresql_max_connections" in output
+
+
+def test_a_negative_retention_is_refused(deployment) -> None:
+    result, output = deployment("-e", "postgresql_partman_retention_days=-1")
+    assert result.returncode != 0
+    assert "postgresql_partman_retention_days 0 (keep everything) or more (got -1)" in output
+
+
+def test_the_partitions_play_refuses_a_negative_retention_before_the_database(
+    tmp_path: Path,
+) -> None:
+    """partitions.yml alone (changing the retention) checks it too, before any query."""
+    inventory = write_inventory(
+        tmp_path / "inventory", {"database": {"hosts": {"guard-db": local("10.0.0.19")}}}
+    )
+    result = ansible_playbook(
+        inventory,
+        Path(__file__).resolve().parents[2] / "partitions.yml",
+        "-e",
+        "postgresql_partman_retention_days=-3",
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "(got -3)" in output
+    assert "Find which log tables are partitioned" not in output
