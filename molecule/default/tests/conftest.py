@@ -53,15 +53,17 @@ def psql(host: Any, sql: str, database: str = SHARED["postgresql_app_database"])
 
 
 def ansible_playbook(
-    inventory: str, playbook: str, *extra_vars: str
+    inventory: str, playbook: str, *extra_vars: str, options: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess[str]:
     """Runs a playbook of the repository (ansible-playbook beside this Python) against the
-    inventory under test, each of extra_vars given with -e; its output is captured."""
+    inventory under test, each of extra_vars given with -e, with options (--check, ...)
+    before them; its output is captured."""
     return subprocess.run(
         [
             str(Path(sys.executable).with_name("ansible-playbook")),
             "-i",
             inventory,
+            *options,
             str(REPOSITORY / playbook),
             *[arg for value in extra_vars for arg in ("-e", value)],
         ],

@@ -4,14 +4,12 @@ says what it skipped, and leaves every host as it was."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPOSITORY
+from conftest import ansible_playbook
 
 pytestmark = [pytest.mark.host_group("database")]
 
@@ -37,27 +35,14 @@ def test_a_dry_run_with_pending_changes_completes_and_changes_nothing(
     release_dir, version = changed_release
     gateways = group_hosts("gateway")
     before = [gateway_state(gateway) for gateway in gateways]
-    run = subprocess.run(
-        [
-            str(Path(sys.executable).with_name("ansible-playbook")),
-            "-i",
-            request.config.option.ansible_inventory,
-            "--check",
-            "--diff",
-            "-e",
-            f"gateway_release_dir={release_dir}",
-            "-e",
-            f"gateway_release_version={version}",
-            "-e",
-            "gateway_log_mode=sync",
-            "-e",
-            f"vault_gateway_master_key={ROTATED_KEY}",
-            str(REPOSITORY / "site.yml"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPOSITORY,
-        check=False,
+    run = ansible_playbook(
+        request.config.option.ansible_inventory,
+        "site.yml",
+        f"gateway_release_dir={release_dir}",
+        f"gateway_release_version={version}",
+        "gateway_log_mode=sync",
+        f"vault_gateway_master_key={ROTATED_KEY}",
+        options=("--check", "--diff"),
     )
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-4000:]
