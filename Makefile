@@ -112,9 +112,16 @@ bench: ## The app's benchmark (app/Makefile)
 	$(MAKE) -C app bench
 
 test: host-deps venv lint syntax ## Everything CI runs: the checks, then molecule beside the other tests
-	@# Two jobs: the molecule scenario (mostly waiting on its hosts while it creates and
-	@# converges them) beside the controller, bookworm and app tests, which end before
-	@# its verify step starts under load. Each job's output is printed when it ends.
-	$(MAKE) --no-print-directory -j2 --output-sync=target molecule tests-beside-molecule
+	@# The molecule scenario (mostly waiting on its hosts while it creates and converges
+	@# them) runs beside the controller, bookworm and app tests, which end before its
+	@# verify step puts load on the machine. Two processes, since targets here run one at
+	@# a time (.NOTPARALLEL); the other tests' output is printed once both have ended.
+	@log=$$(mktemp); \
+	$(MAKE) --no-print-directory tests-beside-molecule >"$$log" 2>&1 & beside=$$!; \
+	status=0; $(MAKE) --no-print-directory molecule || status=$$?; \
+	wait "$$beside" || status=$$((status ? status : 1)); \
+	echo "--- unit-test, check-bookworm, app-test (run beside molecule) ---"; \
+	cat "$$log"; rm -f "$$log"; \
+	exit "$$status"
 
 tests-beside-molecule: unit-test check-bookworm app-test
