@@ -291,3 +291,41 @@ def test_a_writer_meets_the_new_tables_and_goes_on(tmp_path, pg_cluster):
             partition("requests", 0),
             partition("responses", 0),
         )
+
+
+def add_old_days(pg_cluster, database, count: int) -> None:
+    """``count`` more daily partitions of both tables, from a year ago (a log kept for
+    good)."""
+    for offset in range(-400, -400 + count):
+        for table in ("requests", "responses"):
+            pg_cluster.execute(
+                f"CREATE TABLE {partition(table, offset)} PARTITION OF {table} FOR VALUES"
+                f" FROM ('{day_start(offset).isoformat()}') TO"
+                f" ('{day_start(offset + 1).isoformat()}')",
+                database,
+            )
+
+
+@pytest.mark.parametrize(("old_days", "plans"), [(0, "generic"), (80, "per-row")])
+def test_the_writer_picks_the_fk_check_plans_for_the_partition_count(
+    tmp_path, caplog, pg_cluster, database, old_days, plans
+):
+    """Generic plans are cheaper with few partitions and far dearer with a year of them
+    (GENERIC_PLAN_MAX_PARTITIONS); the rows are checked and written either way."""
+    add_old_days(pg_cluster, database, old_days)
+    engine = create_engine(pg_cluster.url(database))
+    spool = Spool(tmp_path)
+    spool.open()
+    writer = ExchangeWriter(engine, spool, WriterSettings(), DatabaseSettings())
+    caplog.set_level("INFO", logger="llm_gateway.writer")
+    try:
+        writer._write_batch([exchange_record(f"req_{plans}", started_at=time.time())])
+        writer._close_conn()
+    finally:
+        engine.dispose()
+    assert f"FK checks use {plans} plans" in caplog.text
+    assert where_rows_are(pg_cluster, database, f"req_{plans}") == (
+        partition("requests", 0),
+        partition("responses", 0),
+    )
+    assert not spool.has_backlog()
