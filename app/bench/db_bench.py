@@ -9,7 +9,11 @@ measured beside its figure:
   (c) the writer's batch throughput (bench/writer_bench.py) on revision 0003 against 0002,
       each on a fresh database, and on the loaded partitioned one;
   (d) `llm-gateway migrate` of an unpartitioned 0002 database holding --migrate-exchanges
-      exchanges to 0003, while the app's writer inserts throughout: its time and lost=0.
+      exchanges to 0003, while the app's writer inserts throughout: its time and lost=0;
+  (e) why the writer gives its FK checks generic plans only up to
+      writer.GENERIC_PLAN_MAX_PARTITIONS partitions: the writer's statement per batch on
+      0002 and on 0003 at several partition counts, generic plans against the plan
+      cache's default, batch by batch in turn (no generated data set needed).
 Data is generated in SQL (tests/exchange_rows.py), ~2 KB of JSONB per exchange, spread
 over --days days ending now. Prints one line per figure and BENCH_DB_JSON at the end.
 """
@@ -37,10 +41,12 @@ from llm_gateway.api import _newest_requests, newest_first
 from llm_gateway.config import DatabaseSettings
 from llm_gateway.db import make_engine
 from llm_gateway.settings import EnvSettings
+from llm_gateway.writer import _INSERT_BATCH, _INSERT_BATCH_UNPARTITIONED, encode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from exchange_rows import run_insert
 from migration_load import count_during, migrate_while_writing
+from writer_bench import sample_records
 
 # Durable (fsync on, as production); room for the bulk load without forced checkpoints.
 SERVER_SETTINGS = {"max_wal_size": "16GB", "shared_buffers": "1GB", "checkpoint_timeout": "30min"}
@@ -60,8 +66,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--reads", type=int, default=200)
     parser.add_argument("--writer-exchanges", type=int, default=50_000)
     parser.add_argument("--writer-tries", type=int, default=5)
+    parser.add_argument("--fk-batches", type=int, default=30)
     parser.add_argument(
-        "--parts", default="abcd", help="which figures (d alone needs no generated data set)"
+        "--parts", default="abcde", help="which figures (d and e need no generated data set)"
     )
     return parser.parse_args()
 
@@ -257,6 +264,51 @@ class Bench:
         self.figures["migration"] = {"seconds": result["migration_s"], **during,
                                      "sent": result["sent"], "kept": after == before}  # fmt: skip
 
+    # ---- (e) ----------------------------------------------------------------------
+    def fk_plans(self) -> None:
+        batch = 500  # WriterSettings' default batch_size
+        cases = [("0002", 0, "default")] + [
+            ("0003", days, mode) for days in (0, 30, 90, 360) for mode in ("generic", "default")
+        ]
+        conns, statements = [], []
+        for index, (revision, days, mode) in enumerate(cases):
+            name = f"fk_{index}"
+            self.database(name, revision)
+            if days:
+                self.add_past_partitions(name, days=days)
+            conn = self.cluster.connect(name)
+            if mode == "generic":
+                conn.cursor().execute("SET plan_cache_mode = force_generic_plan")
+            conns.append(conn)
+            statement = _INSERT_BATCH if revision == "0003" else _INSERT_BATCH_UNPARTITIONED
+            statements.append(str(statement.compile()).replace(":batch", "%(batch)s"))
+        count = "SELECT count(*) FROM pg_inherits WHERE inhparent = to_regclass('requests')"
+        partitions = [self.sql(f"fk_{index}", count)[0][0] for index in range(len(cases))]
+        rounds = self.args.fk_batches + 2  # the first two warm the caches, not counted
+        records = iter(sample_records(rounds * len(cases) * batch, f"fk{time.time_ns()}"))
+        timings: list[list[float]] = [[] for _ in cases]
+        for round_ in range(rounds):
+            for index, conn in enumerate(conns):
+                payload = b"[" + b",".join(encode(next(records)) for _ in range(batch)) + b"]"
+                with conn.cursor() as cursor:
+                    started = time.perf_counter()
+                    cursor.execute(statements[index], {"batch": payload.decode()})
+                    elapsed = time.perf_counter() - started
+                if round_ >= 2:
+                    timings[index].append(elapsed * 1000)
+        for conn in conns:
+            conn.close()
+        baseline = statistics.median(timings[0])
+        figures = []
+        for (revision, _, mode), parts, spent in zip(cases, partitions, timings, strict=True):
+            p50 = statistics.median(spent)
+            what = "0002 unpartitioned" if revision == "0002" else f"0003, {parts} partitions"
+            say(f"(e) {batch} exchanges in one statement, {what}, {mode} plans:"
+                f" p50 {p50:.1f} ms (0002 / this: {baseline / p50:.3f})")  # fmt: skip
+            figures.append({"revision": revision, "partitions": parts, "plans": mode,
+                            "p50_ms": round(p50, 1)})  # fmt: skip
+        self.figures["fk_plans"] = figures
+
 
 def main() -> None:
     args = parse_args()
@@ -287,6 +339,8 @@ def main() -> None:
             bench.writer_ratio(url)
         if "d" in args.parts:
             bench.migration()
+        if "e" in args.parts:
+            bench.fk_plans()
         print("BENCH_DB_JSON " + json.dumps(bench.figures, default=str), flush=True)
 
 
