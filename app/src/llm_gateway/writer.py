@@ -93,10 +93,12 @@ _INSERT_BATCH_UNPARTITIONED = text(
     _INSERT_TEMPLATE.format(conflict="request_id", response_key="", response_key_value="")
 )
 # Up to this many partitions of requests the FK checks use a generic plan, beyond it the
-# plan cache's default. Measured with 500-exchange batches on PostgreSQL 17.12 (15 is
-# alike): the default costs 68-75 ms per batch whatever the count; the generic plan costs
-# 46 ms at 6 partitions, 58 at 36, 64 at 66, 71 at 96 and 195 at 366 (it sets up every
-# partition for every row). The crossover is near 90; 64 keeps a margin.
+# plan cache's default, which re-plans per row at a cost that does not grow with the
+# count. A generic plan skips the planning but opens every partition for every row.
+# `make bench-db BENCH_DB_ARGS='--parts e'` prints both, per 500-exchange batch (on
+# PostgreSQL 15: generic 53 / 70 / 83 / 158 ms at 6 / 37 / 97 / 367 partitions, default
+# 75-84 ms throughout; the same statements on 17.12 gave 46 / 58 / 71 / 195 against
+# 68-75). The crossover is near 90; 64 keeps a margin.
 GENERIC_PLAN_MAX_PARTITIONS = 64
 _PARTITION_COUNT = text(
     "SELECT count(*) FROM pg_inherits WHERE inhparent = to_regclass('requests')"
