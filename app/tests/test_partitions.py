@@ -48,6 +48,18 @@ def where_rows_are(pg_cluster, database, request_id: str) -> tuple[str, str]:
     return requests, responses
 
 
+def add_days(pg_cluster, database, offsets) -> None:
+    """Daily partitions of both tables for these days (counted from today)."""
+    for offset in offsets:
+        for table in ("requests", "responses"):
+            lower, upper = day_start(offset), day_start(offset + 1)
+            pg_cluster.execute(
+                f"CREATE TABLE {partition(table, offset)} PARTITION OF {table}"
+                f" FOR VALUES FROM ('{lower.isoformat()}') TO ('{upper.isoformat()}')",
+                database,
+            )
+
+
 def insert(pg_cluster, database, *records) -> None:
     engine = create_engine(pg_cluster.url(database))
     try:
@@ -135,14 +147,7 @@ def explain(conn, build, limit: int) -> str:
 
 
 def test_newest_first_reads_touch_only_the_newest_partitions(pg_cluster, database):
-    for offset in range(-6, 0):  # older days, as a deployment accumulates them
-        for table in ("requests", "responses"):
-            lower, upper = day_start(offset), day_start(offset + 1)
-            pg_cluster.execute(
-                f"CREATE TABLE {partition(table, offset)} PARTITION OF {table}"
-                f" FOR VALUES FROM ('{lower.isoformat()}') TO ('{upper.isoformat()}')",
-                database,
-            )
+    add_days(pg_cluster, database, range(-6, 0))  # older days, as a deployment accumulates them
     records = [
         exchange_record(f"req_{offset}_{i}", started_at=day_start(offset).timestamp() + 3600 + i)
         for offset in range(-6, 1)
@@ -293,26 +298,13 @@ def test_a_writer_meets_the_new_tables_and_goes_on(tmp_path, pg_cluster):
         )
 
 
-def add_old_days(pg_cluster, database, count: int) -> None:
-    """``count`` more daily partitions of both tables, from a year ago (a log kept for
-    good)."""
-    for offset in range(-400, -400 + count):
-        for table in ("requests", "responses"):
-            pg_cluster.execute(
-                f"CREATE TABLE {partition(table, offset)} PARTITION OF {table} FOR VALUES"
-                f" FROM ('{day_start(offset).isoformat()}') TO"
-                f" ('{day_start(offset + 1).isoformat()}')",
-                database,
-            )
-
-
 @pytest.mark.parametrize(("old_days", "plans"), [(0, "generic"), (80, "per-row")])
 def test_the_writer_picks_the_fk_check_plans_for_the_partition_count(
     tmp_path, caplog, pg_cluster, database, old_days, plans
 ):
     """Generic plans are cheaper with few partitions and far dearer with a year of them
     (GENERIC_PLAN_MAX_PARTITIONS); the rows are checked and written either way."""
-    add_old_days(pg_cluster, database, old_days)
+    add_days(pg_cluster, database, range(-400, -400 + old_days))  # a log kept for good
     engine = create_engine(pg_cluster.url(database))
     spool = Spool(tmp_path)
     spool.open()
