@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any
 
 import pytest
@@ -78,22 +78,23 @@ def test_days_are_made_ahead(host: Any) -> None:
         assert day_name(table, ahead) in partitions(host, table)
 
 
-def _date_exchanges(host: Any, days: tuple[int, ...], marker: str) -> None:
-    """EXCHANGES_PER_DAY exchanges (request and response rows) at noon UTC of each day."""
-    stamps = ", ".join(
-        f"'{(datetime.now(UTC) - timedelta(days=d)).date()} 12:00:00+00'" for d in days
-    )
+def _date_exchanges(host: Any, days: list[date], marker: str) -> None:
+    """Each day's partitions, then EXCHANGES_PER_DAY exchanges (request and response rows)
+    at noon UTC of it. create_partition_time takes each stamp as a partition's lower bound
+    as it is, without rounding it to the day, so it is given midnights."""
+    midnights = ", ".join(f"'{day} 00:00:00+00'" for day in days)
+    noons = ", ".join(f"'{day} 12:00:00+00'" for day in days)
     as_owner(
         host,
         "SELECT partman.create_partition_time(p, ARRAY["
-        + stamps
+        + midnights
         + "]::timestamptz[]) FROM unnest(ARRAY['public.requests', 'public.responses']) AS p;"
         " WITH made AS ("
         "  INSERT INTO requests (request_id, route, method, url, headers, status_code,"
         '   "user", created_at)'
         f"  SELECT '{marker}-' || d || '-' || n, '/v1/chat/completions', 'POST',"
         "   'https://gateway/v1/chat/completions', '{}'::jsonb, 200,"
-        f"   '{marker}', t FROM unnest(ARRAY[{stamps}]::timestamptz[]) AS t,"
+        f"   '{marker}', t FROM unnest(ARRAY[{noons}]::timestamptz[]) AS t,"
         f"   generate_series(1, {EXCHANGES_PER_DAY}) AS n,"
         "   LATERAL (SELECT to_char(t, 'YYYYMMDD') AS d) AS day"
         "  RETURNING id, created_at)"
@@ -110,9 +111,9 @@ def test_retention_drops_exactly_the_days_beyond_it_while_the_gateways_log(
     inventory = request.config.option.ansible_inventory
     marker = f"retention-{uuid.uuid4().hex[:8]}"
     first = today(host)
-    _date_exchanges(host, OLD_DAYS + KEPT_DAYS, marker)
     old = [first - timedelta(days=d) for d in OLD_DAYS]
     kept = [first - timedelta(days=d) for d in KEPT_DAYS]
+    _date_exchanges(host, old + kept, marker)
     for table in ("requests", "responses"):
         assert {day_name(table, d) for d in old + kept} <= set(partitions(host, table))
 
