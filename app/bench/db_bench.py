@@ -7,7 +7,7 @@ measured beside its figure:
   (b) the newest-first read /api/requests?limit=100 runs (newest_first, the endpoint's
       own function) p50/p95, and its plan: only the newest partitions are scanned;
   (c) the writer's batch throughput (bench/writer_bench.py) on revision 0003 against 0002,
-      each on a fresh database, and on the loaded partitioned one;
+      each on a fresh database, then each holding the same generated exchanges;
   (d) `llm-gateway migrate` of an unpartitioned 0002 database holding --migrate-exchanges
       exchanges to 0003, while the app's writer inserts throughout: its time and lost=0;
   (e) why the writer gives its FK checks generic plans only up to
@@ -218,27 +218,39 @@ class Bench:
         say(f"(c) writer on {label}: {json.dumps(result)}")
         return result["exchanges_per_s"]
 
-    def writer_ratio(self, loaded_url: str) -> None:
+    def writer_ratio(self, loaded_url: str, plain_loaded_url: str) -> None:
+        """Fresh 0002 against fresh 0003, then both holding the same generated exchanges,
+        each pair alternated --writer-tries times so that drift hits both alike."""
         rates: dict[str, list[float]] = {"0002": [], "0003": []}
-        for attempt in range(self.args.writer_tries):  # alternated: drift hits both
+        for attempt in range(self.args.writer_tries):
             for revision in ("0002", "0003"):
                 url = self.database(f"writer_{revision}_{attempt}", revision)
                 rates[revision].append(self.writer(url, f"{revision} (fresh, try {attempt + 1})"))
-        loaded = self.writer(loaded_url, "0003 loaded")
+        loaded: dict[str, list[float]] = {"0002": [], "0003": []}
+        for attempt in range(self.args.writer_tries):
+            for revision, url in (("0002", plain_loaded_url), ("0003", loaded_url)):
+                label = f"{revision} loaded (try {attempt + 1})"
+                loaded[revision].append(self.writer(url, label))
         # A log kept for good: a year of (empty) days, where the writer's FK checks leave
         # generic plans (writer.GENERIC_PLAN_MAX_PARTITIONS).
         year_url = self.database("writer_0003_year", "0003")
         self.add_past_partitions("writer_0003_year", days=365)
         year = self.writer(year_url, "0003 with a year of daily partitions")
         plain, partitioned = (statistics.median(rates[r]) for r in ("0002", "0003"))
+        plain_loaded, part_loaded = (statistics.median(loaded[r]) for r in ("0002", "0003"))
         say(
-            f"(c) writer_exchanges_per_s median of {self.args.writer_tries}: 0002 unpartitioned"
-            f" {plain:.0f}, 0003 partitioned {partitioned:.0f} (ratio {partitioned / plain:.3f});"
-            f" 0003 with the generated data {loaded:.0f} (ratio {loaded / plain:.3f}),"
-            f" with a year of partitions {year:.0f} (ratio {year / plain:.3f})"
+            f"(c) writer_exchanges_per_s median of {self.args.writer_tries}, fresh: 0002"
+            f" unpartitioned {plain:.0f}, 0003 partitioned {partitioned:.0f} (ratio"
+            f" {partitioned / plain:.3f}); holding the generated exchanges: 0002"
+            f" {plain_loaded:.0f}, 0003 {part_loaded:.0f} (ratio {part_loaded / plain_loaded:.3f};"
+            f" against fresh 0002 {part_loaded / plain:.3f}); 0003 with a year of partitions"
+            f" {year:.0f} (against fresh 0002 {year / plain:.3f})"
         )
-        self.figures["writer"] = {"0002": plain, "0003": partitioned, "0003_loaded": loaded,
-                                  "0003_year": year, "ratio": partitioned / plain}  # fmt: skip
+        self.figures["writer"] = {
+            "0002": plain, "0003": partitioned, "ratio": partitioned / plain,
+            "0002_loaded": plain_loaded, "0003_loaded": part_loaded,
+            "loaded_ratio": part_loaded / plain_loaded, "0003_year": year,
+        }  # fmt: skip
 
     # ---- (d) ----------------------------------------------------------------------
     def migration(self) -> None:
@@ -341,7 +353,11 @@ def main() -> None:
         if "a" in args.parts:
             bench.retention("part")
         if "c" in args.parts:
-            bench.writer_ratio(url)
+            # Today's schema holding the same exchanges: the loaded baseline.
+            plain_loaded_url = bench.database("plain_loaded", "0002")
+            seconds = bench.generate("plain_loaded", args.exchanges)
+            say(f"generated {args.exchanges} exchanges (0002 schema) in {seconds:.0f} s")
+            bench.writer_ratio(url, plain_loaded_url)
         if "d" in args.parts:
             bench.migration()
         if "e" in args.parts:
