@@ -102,3 +102,19 @@ def test_no_partition_rows_is_not_a_pass() -> None:
 
     found = criterion(missing)
     assert found["why"] == ["the partition queries returned nothing (is pg_partman installed?)"]
+
+
+def test_a_partition_that_is_not_one_utc_day_fails_and_is_named() -> None:
+    # As pg_partman makes them in a session whose time zone is America/New_York: the day
+    # begins at 05:00 UTC, so 5 hours of each day fall outside the partition named for it.
+    def shifted(rows: dict[str, Any]) -> None:
+        for row in rows["partitions"]:
+            if row["partition"] == "responses_p20261204":
+                row["range_from"] = "2026-12-04T05:00:00+00:00"
+                row["range_to"] = "2026-12-05T05:00:00+00:00"
+
+    found = criterion(shifted)
+    assert found["why"] == [
+        "responses has 1 partition(s) that are not one UTC day from midnight (made in another"
+        " time zone?): responses_p20261204"
+    ]

@@ -27,7 +27,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -807,6 +807,14 @@ def _timestamp(value: Any) -> datetime | None:
         return None
 
 
+def _whole_utc_day(row: Mapping[str, Any]) -> bool:
+    start, end = _timestamp(row.get("range_from")), _timestamp(row.get("range_to"))
+    if start is None or end is None or start.tzinfo is None:
+        return False
+    midnight = start.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return start == midnight and end - start == timedelta(days=1)
+
+
 def partition_figures(
     sets: list[dict[str, Any]] | None,
     partitions: list[dict[str, Any]] | None,
@@ -835,6 +843,10 @@ def partition_figures(
             and oldest_allowed
             and (now - _timestamp(row["range_to"])).total_seconds() > oldest_allowed
         ]
+        # pg_partman computes bounds in its session's time zone: a run outside UTC, or a
+        # partition made by hand from a timestamp that is not midnight, leaves days that
+        # begin and end at another hour, and retention then keeps or drops them hours off.
+        not_whole_days = [row["partition"] for row in dated if not _whole_utc_day(row)]
         newest_to = _timestamp(dated[-1]["range_to"]) if dated else None
         tables[short] = {
             "partitioned": bool(children),
@@ -851,6 +863,7 @@ def partition_figures(
             "bytes": sum(_int(row.get("bytes")) or 0 for row in children),
             "default_rows_estimated": sum(_int(row.get("rows_estimated")) or 0 for row in default),
             "beyond_retention": beyond,
+            "not_whole_days": not_whole_days,
         }
     return {"measured": True, "checked_at": checked_at, "tables": tables}
 
@@ -1509,8 +1522,9 @@ def _size(count: int) -> str:
 
 
 def _partitions(figures: Mapping[str, Any]) -> dict[str, Any]:
-    """Both log tables kept by pg_partman, made at least a day ahead, and no day older than
-    the retention (plus the slack of one maintenance interval)."""
+    """Both log tables kept by pg_partman, made at least a day ahead, every partition one
+    UTC day from midnight, and no day older than the retention (plus the slack of one
+    maintenance interval)."""
     database = figures["database"]
     partitions = database.get("partitions") or {"measured": False, "tables": {}}
     why = [] if database["reported"] else [NOT_REPORTED.format("database")]
@@ -1529,6 +1543,12 @@ def _partitions(figures: Mapping[str, Any]) -> dict[str, Any]:
                 f"{name}'s newest partition {shown(table['newest'])} ends"
                 f" {shown(table['newest_to'])}, less than a day ahead (is the maintenance"
                 " timer running?)"
+            )
+        if table["not_whole_days"]:
+            why.append(
+                f"{name} has {len(table['not_whole_days'])} partition(s) that are not one UTC"
+                f" day from midnight (made in another time zone?):"
+                f" {', '.join(table['not_whole_days'])}"
             )
         if table["beyond_retention"]:
             why.append(
