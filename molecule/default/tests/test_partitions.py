@@ -73,7 +73,9 @@ def test_the_maintenance_timer_is_scheduled_and_its_last_run_succeeded(host: Any
 
 
 def test_days_are_made_ahead(host: Any) -> None:
-    ahead = today(host) + timedelta(days=4)
+    # Four days are made ahead (premake); just after midnight UTC the fourth appears only
+    # with the timer's next run, so three are what is always there.
+    ahead = today(host) + timedelta(days=3)
     for table in ("requests", "responses"):
         assert day_name(table, ahead) in partitions(host, table)
 
