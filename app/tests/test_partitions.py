@@ -1,5 +1,7 @@
 """Daily partitions (revision 0003): what a user of the log notices, and an upgrade from
-the unpartitioned tables, with their rows, while the writer keeps inserting."""
+the unpartitioned tables, with their rows, while the writer keeps inserting. Weekly
+partitions when the database asks for them, and a refused upgrade when it asks for
+something else."""
 
 import asyncio
 import itertools
@@ -182,13 +184,38 @@ def new_0002_database(pg_cluster) -> str:
 
 
 def migrate(pg_cluster, database: str, target: str) -> None:
-    done = subprocess.run(
+    done = run_migrate(pg_cluster, database, target)
+    assert done.returncode == 0, done.stderr
+
+
+def run_migrate(pg_cluster, database: str, target: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, "-m", "llm_gateway.cli", "migrate", target],
         env={**os.environ, "DATABASE_URL": pg_cluster.url(database)},
         capture_output=True,
         text=True,
     )
-    assert done.returncode == 0, done.stderr
+
+
+def ask_for_interval(pg_cluster, database: str, interval: str) -> None:
+    """What the deployment's postgresql role records before the gateways migrate."""
+    pg_cluster.execute(
+        f"ALTER DATABASE {database} SET llm_gateway.log_partition_interval = '{interval}'"
+    )
+
+
+def children(pg_cluster, database: str, table: str) -> list[tuple]:
+    """(name, from, to) of each dated child, oldest first."""
+    return query(
+        pg_cluster,
+        database,
+        "SELECT c.relname, b[1]::timestamptz, b[2]::timestamptz FROM pg_inherits i"
+        " JOIN pg_class c ON c.oid = i.inhrelid,"
+        " regexp_match(pg_get_expr(c.relpartbound, c.oid), $$FROM \\('([^']*)'\\) TO$$"
+        " || $$ \\('([^']*)'\\)$$) AS b"
+        " WHERE i.inhparent = %s::regclass AND b IS NOT NULL ORDER BY 2",
+        (table,),
+    )
 
 
 def seed(pg_cluster, database: str, count: int) -> list[tuple]:
@@ -296,6 +323,50 @@ def test_a_writer_meets_the_new_tables_and_goes_on(tmp_path, pg_cluster):
             partition("requests", 0),
             partition("responses", 0),
         )
+
+
+def test_a_database_that_asks_for_weeks_gets_monday_to_monday_partitions(pg_cluster):
+    database = new_0002_database(pg_cluster)
+    ask_for_interval(pg_cluster, database, "weekly")
+    before = seed(pg_cluster, database, 500)
+    migrate(pg_cluster, database, "0003")
+    assert exchanges(pg_cluster, database, "req_seed_%") == before
+    today = day_start(0)
+    this_monday = today - timedelta(days=today.weekday())
+    oldest = query(pg_cluster, database, "SELECT min(created_at) FROM requests")[0][0]
+    for table in ("requests", "responses"):
+        weeks = children(pg_cluster, database, table)
+        assert weeks, table
+        for name, start, end in weeks:
+            assert start.astimezone(UTC).weekday() == 0, name  # a Monday
+            assert start.astimezone(UTC).time().isoformat() == "00:00:00", name
+            assert end - start == timedelta(days=7), name
+            assert name == f"{table}_p{start.astimezone(UTC):%Y%m%d}"
+        # No gap from the oldest row's week to four weeks ahead of this one.
+        assert [end for _, _, end in weeks[:-1]] == [start for _, start, _ in weeks[1:]]
+        assert weeks[0][1] <= oldest
+        assert weeks[-1][1] == this_monday + timedelta(weeks=4)
+    # A new exchange goes to this week's pair of partitions.
+    insert(pg_cluster, database, exchange_record("req_this_week", started_at=time.time()))
+    assert where_rows_are(pg_cluster, database, "req_this_week") == (
+        f"requests_p{this_monday:%Y%m%d}",
+        f"responses_p{this_monday:%Y%m%d}",
+    )
+
+
+def test_an_interval_the_migration_does_not_know_fails_it_and_changes_nothing(pg_cluster):
+    database = new_0002_database(pg_cluster)
+    ask_for_interval(pg_cluster, database, "hourly")
+    before = seed(pg_cluster, database, 50)
+    done = run_migrate(pg_cluster, database, "0003")
+    assert done.returncode == 1
+    assert "llm_gateway.log_partition_interval is 'hourly'" in done.stderr
+    assert "daily, weekly" in done.stderr
+    assert query(pg_cluster, database, "SELECT version_num FROM alembic_version") == [("0002",)]
+    assert query(pg_cluster, database, "SELECT relkind FROM pg_class WHERE relname = 'requests'")[
+        0
+    ] == ("r",)
+    assert exchanges(pg_cluster, database, "req_seed_%") == before
 
 
 @pytest.mark.parametrize(("old_days", "plans"), [(0, "generic"), (80, "per-row")])

@@ -2,10 +2,14 @@
 criterion (roles/evidence/filter_plugins/evidence.py). The rows in data/psql_rows.json were
 captured from PostgreSQL 17 with pg_partman 5.2 keeping the two log tables by day, no
 retention, checked at 2026-11-30 19:02 UTC: requests_p20261125 .. requests_p20261204 and the
-same for responses, plus their default partitions."""
+same for responses, plus their default partitions. (partition_sets' interval_seconds was
+added to the query after the capture, with the value that query returns for "1 day".)
+The weekly tests turn them into the weekly partitions pg_partman keeps with date_trunc
+'week': Monday to Monday."""
 
 from __future__ import annotations
 
+from datetime import date, timedelta
 from typing import Any
 
 import evidence
@@ -13,6 +17,7 @@ from samples import Deployment, with_rows
 
 NAME = "Partitions made ahead, none older than the retention"
 DAY = 86400
+WEEK = 7 * DAY
 
 
 def criterion(change=None) -> dict[str, Any]:
@@ -50,8 +55,8 @@ def test_a_day_older_than_the_retention_fails_and_is_named() -> None:
     found = criterion(retention(3))
     assert not found["passed"]
     assert found["why"] == [
-        "requests keeps 1 day(s) beyond its retention of 3 days: requests_p20261125",
-        "responses keeps 1 day(s) beyond its retention of 3 days: responses_p20261125",
+        "requests keeps 1 partition(s) beyond its retention of 3 days: requests_p20261125",
+        "responses keeps 1 partition(s) beyond its retention of 3 days: responses_p20261125",
     ]
 
 
@@ -117,4 +122,65 @@ def test_a_partition_that_is_not_one_utc_day_fails_and_is_named() -> None:
     assert found["why"] == [
         "responses has 1 partition(s) that are not one UTC day from midnight (made in another"
         " time zone?): responses_p20261204"
+    ]
+
+
+def weekly(mondays: list[str]):
+    """Both tables kept weekly, with one partition from each of these Mondays (as
+    pg_partman names and bounds them)."""
+
+    def change(rows: dict[str, Any]) -> None:
+        for row in rows["partition_sets"]:
+            row["partition_interval"] = "7 days"
+            row["interval_seconds"] = WEEK
+        defaults = [row for row in rows["partitions"] if row["range_from"] is None]
+        rows["partitions"] = defaults
+        for table in ("requests", "responses"):
+            for monday in mondays:
+                start = date.fromisoformat(monday)
+                end = start + timedelta(days=7)
+                rows["partitions"].append(
+                    {
+                        "parent_table": table,
+                        "partition": f"{table}_p{start:%Y%m%d}",
+                        "range_from": f"{start}T00:00:00+00:00",
+                        "range_to": f"{end}T00:00:00+00:00",
+                        "bytes": 1048576,
+                        "rows_estimated": 100,
+                    }
+                )
+
+    return change
+
+
+def test_weekly_partitions_from_monday_pass_and_say_weekly() -> None:
+    found = criterion(weekly(["2026-11-16", "2026-11-23", "2026-11-30", "2026-12-07"]))
+    assert found["passed"], found["why"]
+    assert found["figure"].startswith(
+        "requests: 4 weekly partitions requests_p20261116 to requests_p20261207, 4.0 MiB,"
+    )
+
+
+def test_a_weekly_partition_that_does_not_start_on_monday_fails_and_is_named() -> None:
+    # As pg_partman makes weeks without date_trunc 'week': from the day it was registered.
+    found = criterion(weekly(["2026-11-30", "2026-12-08"]))
+    assert not found["passed"]
+    assert found["why"] == [
+        f"{table} has 1 partition(s) that are not one UTC week from Monday midnight (made in"
+        f" another time zone?): {table}_p20261208"
+        for table in ("requests", "responses")
+    ]
+
+
+def test_a_week_beyond_the_retention_fails_once_its_end_is() -> None:
+    # Checked on 11-30 19:02 with 10 days kept: the week of 11-09 ended 11-16, 14 days
+    # ago, beyond 10 days and a day's slack; the week of 11-16 ended 7 days ago.
+    def kept_ten_days(rows: dict[str, Any]) -> None:
+        weekly(["2026-11-09", "2026-11-16", "2026-11-23", "2026-11-30", "2026-12-07"])(rows)
+        retention(10)(rows)
+
+    found = criterion(kept_ten_days)
+    assert found["why"] == [
+        f"{table} keeps 1 partition(s) beyond its retention of 10 days: {table}_p20261109"
+        for table in ("requests", "responses")
     ]

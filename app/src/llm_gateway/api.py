@@ -185,8 +185,8 @@ Limit = Annotated[int, Query(ge=1, le=1000)]
 
 
 # Newest-first reads look at the last day first: the lower bound on the partition key
-# prunes every older daily partition at plan time, so the query touches today's (and the
-# premade, empty) ones. Only when that day holds fewer rows than asked for does it read
+# prunes every older partition at plan time, so the query touches the current ones (and
+# the premade, empty ones). Only when that day holds fewer rows than asked for does it read
 # everything. Both give the same answer: every row outside the window is older.
 RECENT_WINDOW = timedelta(days=1)
 

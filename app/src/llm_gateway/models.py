@@ -1,9 +1,10 @@
 """Database schema: one row per request, one per response, linked by a cascading FK.
 
-Both tables are range-partitioned by day (UTC) since revision 0003: ``requests`` by
-``created_at``, ``responses`` by ``request_created_at`` (its request's ``created_at``), so
-an exchange's rows share a day and a day goes by dropping its partitions. PostgreSQL wants
-the partition key in every unique key, hence the composite keys. The daily children
+Both tables are range-partitioned by time (UTC; by day, or by week when the database says
+so) since revision 0003: ``requests`` by ``created_at``, ``responses`` by
+``request_created_at`` (its request's ``created_at``), so an exchange's rows share a
+partition and a day (or week) goes by dropping its partitions. PostgreSQL wants the
+partition key in every unique key, hence the composite keys. The children
 (``requests_p20261130``, ..., ``requests_default``) are not modelled: the migration and
 pg_partman create them (``is_partition``).
 """
@@ -45,7 +46,7 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-# A daily child as pg_partman 5 names it, or the default partition.
+# A daily or weekly child as pg_partman 5 names it, or the default partition.
 _PARTITION = re.compile(r"^(requests|responses)_(p\d{8}|default)$")
 
 

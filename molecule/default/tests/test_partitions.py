@@ -65,6 +65,31 @@ def test_both_log_tables_are_kept_by_pg_partman_in_maintenance_order(host: Any) 
     ]
 
 
+def test_the_database_records_the_interval_its_migration_partitioned_with(host: Any) -> None:
+    # The gateways' migration read it from here; pg_partman keeps days ("1 day" above).
+    assert psql(host, "SHOW llm_gateway.log_partition_interval") == "daily"
+
+
+def test_a_new_interval_for_the_partitioned_tables_is_refused_and_changes_nothing(
+    host: Any, request: pytest.FixtureRequest
+) -> None:
+    settings = "SELECT parent_table, partition_interval FROM partman.part_config ORDER BY 1"
+    before = psql(host, settings)
+    run = ansible_playbook(
+        request.config.option.ansible_inventory,
+        "partitions.yml",
+        "postgresql_partman_interval=weekly",
+    )
+    assert run.returncode != 0
+    said = " ".join(run.stdout.split())
+    assert (
+        "postgresql_partman_interval is weekly, but the log tables are already partitioned"
+        " daily." in said
+    ), run.stdout[-3000:]
+    assert psql(host, settings) == before
+    assert psql(host, "SHOW llm_gateway.log_partition_interval") == "daily"
+
+
 def test_the_maintenance_timer_is_scheduled_and_its_last_run_succeeded(host: Any) -> None:
     timer = host.service(f"{UNIT}.timer")
     assert timer.is_enabled and timer.is_running

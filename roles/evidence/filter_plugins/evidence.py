@@ -131,7 +131,8 @@ FROM pg_hba_file_rules ORDER BY line_number""",
     # The log tables' partitions, read from the catalog, and pg_partman's settings for them.
     "partitions": {
         "partition_sets": """
-SELECT parent_table, control, partition_interval, premake,
+SELECT parent_table, control, partition_interval,
+       extract(epoch FROM partition_interval::interval)::bigint AS interval_seconds, premake,
        coalesce(retention, 'none (keep everything)') AS retention,
        extract(epoch FROM retention::interval)::bigint AS retention_seconds,
        retention_schema, maintenance_order, automatic_maintenance
@@ -793,11 +794,15 @@ def database_figures(database: Mapping[str, Any]) -> dict[str, Any]:
 
 # --- partitions (pg_partman) -------------------------------------------------------------------
 LOG_TABLES = ("public.requests", "public.responses")
-# A day is dropped by the first maintenance run after it passed the retention; runs are
-# hourly by default, so a day may outlive the retention by that long. One day of slack.
-RETENTION_SLACK_S = 86400
-# Maintenance must have made at least the next day ahead.
-AHEAD_MIN_S = 86400
+DAY_S = 86400
+WEEK_S = 7 * DAY_S
+# The widths postgresql_partman_interval offers, as the criterion names them.
+INTERVAL_NAMES = {DAY_S: "daily", WEEK_S: "weekly"}
+# A partition is dropped by the first maintenance run after it passed the retention; runs
+# are hourly by default, so it may outlive the retention by that long. One day of slack.
+RETENTION_SLACK_S = DAY_S
+# Maintenance must have made partitions at least a day ahead.
+AHEAD_MIN_S = DAY_S
 
 
 def _timestamp(value: Any) -> datetime | None:
@@ -807,12 +812,23 @@ def _timestamp(value: Any) -> datetime | None:
         return None
 
 
-def _whole_utc_day(row: Mapping[str, Any]) -> bool:
+def _whole_period(row: Mapping[str, Any], interval_s: int) -> bool:
+    """One interval of the set from midnight UTC; a week from Monday's (pg_partman makes
+    them so with date_trunc 'week', as the migration does)."""
     start, end = _timestamp(row.get("range_from")), _timestamp(row.get("range_to"))
     if start is None or end is None or start.tzinfo is None:
         return False
-    midnight = start.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    return start == midnight and end - start == timedelta(days=1)
+    start = start.astimezone(UTC)
+    midnight = start.replace(hour=0, minute=0, second=0, microsecond=0)
+    monday = interval_s != WEEK_S or start.weekday() == 0
+    return start == midnight and monday and end - start == timedelta(seconds=interval_s)
+
+
+def _period(interval_s: int) -> str:
+    """What one partition is, in the criterion's words."""
+    return {DAY_S: "UTC day from midnight", WEEK_S: "UTC week from Monday midnight"}.get(
+        interval_s, f"interval of {interval_s} s from midnight UTC"
+    )
 
 
 def partition_figures(
@@ -820,9 +836,10 @@ def partition_figures(
     partitions: list[dict[str, Any]] | None,
     checked_at: Any,
 ) -> dict[str, Any]:
-    """Per log table: whether pg_partman keeps it, its retention, its dated partitions
-    (oldest, newest, count, size), the rows in its default partition, and the dated
-    partitions older than the retention allows. None when the queries returned nothing."""
+    """Per log table: whether pg_partman keeps it, its interval and retention, its dated
+    partitions (oldest, newest, count, size), the rows in its default partition, the dated
+    partitions older than the retention allows and those that are not one whole interval.
+    None when the queries returned nothing."""
     if sets is None or partitions is None:
         return {"measured": False, "tables": {}}
     now = _timestamp(checked_at)
@@ -835,6 +852,8 @@ def partition_figures(
         default = [row for row in children if not _timestamp(row.get("range_to"))]
         kept = config.get(name) or {}
         retention_s = _int(kept.get("retention_seconds"))
+        # A table pg_partman does not keep fails on that; its days are judged as days.
+        interval_s = _int(kept.get("interval_seconds")) or DAY_S
         oldest_allowed = retention_s + RETENTION_SLACK_S if retention_s else None
         beyond = [
             row["partition"]
@@ -844,13 +863,15 @@ def partition_figures(
             and (now - _timestamp(row["range_to"])).total_seconds() > oldest_allowed
         ]
         # pg_partman computes bounds in its session's time zone: a run outside UTC, or a
-        # partition made by hand from a timestamp that is not midnight, leaves days that
-        # begin and end at another hour, and retention then keeps or drops them hours off.
-        not_whole_days = [row["partition"] for row in dated if not _whole_utc_day(row)]
+        # partition made by hand from a timestamp that is not midnight, leaves partitions
+        # that begin and end at another hour, and retention then keeps or drops them hours
+        # off.
+        not_whole = [row["partition"] for row in dated if not _whole_period(row, interval_s)]
         newest_to = _timestamp(dated[-1]["range_to"]) if dated else None
         tables[short] = {
             "partitioned": bool(children),
             "kept_by_partman": bool(kept),
+            "interval_s": interval_s,
             "retention": kept.get("retention"),
             "retention_s": retention_s,
             "premake": _int(kept.get("premake")),
@@ -863,7 +884,7 @@ def partition_figures(
             "bytes": sum(_int(row.get("bytes")) or 0 for row in children),
             "default_rows_estimated": sum(_int(row.get("rows_estimated")) or 0 for row in default),
             "beyond_retention": beyond,
-            "not_whole_days": not_whole_days,
+            "not_whole_periods": not_whole,
         }
     return {"measured": True, "checked_at": checked_at, "tables": tables}
 
@@ -1523,8 +1544,8 @@ def _size(count: int) -> str:
 
 def _partitions(figures: Mapping[str, Any]) -> dict[str, Any]:
     """Both log tables kept by pg_partman, made at least a day ahead, every partition one
-    UTC day from midnight, and no day older than the retention (plus the slack of one
-    maintenance interval)."""
+    interval of its set from midnight UTC (a week from Monday), and no partition older than
+    the retention (plus the slack of one maintenance interval)."""
     database = figures["database"]
     partitions = database.get("partitions") or {"measured": False, "tables": {}}
     why = [] if database["reported"] else [NOT_REPORTED.format("database")]
@@ -1544,19 +1565,20 @@ def _partitions(figures: Mapping[str, Any]) -> dict[str, Any]:
                 f" {shown(table['newest_to'])}, less than a day ahead (is the maintenance"
                 " timer running?)"
             )
-        if table["not_whole_days"]:
+        if table["not_whole_periods"]:
             why.append(
-                f"{name} has {len(table['not_whole_days'])} partition(s) that are not one UTC"
-                f" day from midnight (made in another time zone?):"
-                f" {', '.join(table['not_whole_days'])}"
+                f"{name} has {len(table['not_whole_periods'])} partition(s) that are not one"
+                f" {_period(table['interval_s'])} (made in another time zone?):"
+                f" {', '.join(table['not_whole_periods'])}"
             )
         if table["beyond_retention"]:
             why.append(
-                f"{name} keeps {len(table['beyond_retention'])} day(s) beyond its retention of"
-                f" {table['retention']}: {', '.join(table['beyond_retention'])}"
+                f"{name} keeps {len(table['beyond_retention'])} partition(s) beyond its"
+                f" retention of {table['retention']}: {', '.join(table['beyond_retention'])}"
             )
+        width = INTERVAL_NAMES.get(table["interval_s"], f"{table['interval_s']} s")
         shown_tables.append(
-            f"{name}: {table['partitions']} daily partitions {shown(table['oldest'])} to"
+            f"{name}: {table['partitions']} {width} partitions {shown(table['oldest'])} to"
             f" {shown(table['newest'])}, {_size(table['bytes'])}, retention"
             f" {table['retention'] or 'none (keep everything)'},"
             f" about {table['default_rows_estimated']} rows in the default partition"

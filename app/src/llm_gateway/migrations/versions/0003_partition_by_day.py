@@ -1,4 +1,4 @@
-"""requests and responses range-partitioned by day (UTC), moved over with their rows
+"""requests and responses range-partitioned by day or week (UTC), moved over with their rows
 
 Revision ID: 0003
 Revises: 0002
@@ -10,17 +10,24 @@ Keys. PostgreSQL wants the partition key in every unique key, so
   responses  PARTITION BY RANGE (request_created_at)  PK (id, request_created_at)
              FK (request_id_fk, request_created_at) -> requests (id, created_at) CASCADE
 `request_created_at` is the request's `created_at`, so an exchange's two rows sit in the
-same day's partitions and a day is dropped as a pair (responses first). The writer stamps
+same partitions and a day (or week) is dropped as a pair (responses first). The writer stamps
 `created_at` from the exchange's own start time (`started_at`, carried in the spool), so a
 replayed exchange has the same (request_id, created_at) and ON CONFLICT still skips it.
 Ids stay unique in practice (one identity sequence per parent) but are no longer enforced
 unique across days; nothing references `id` alone.
 
-Children are named as pg_partman 5 names daily children (`requests_p20261130`, bounds
-midnight to midnight UTC) plus `requests_default` / `responses_default`, so
-`partman.create_parent(..., p_interval => '1 day')` can adopt the sets later. The default
-partitions catch a row whose day has no partition yet (maintenance behind, clock skew):
-an insert never fails for want of a partition. No pg_partman here: native DDL only.
+Width of a child. The database says it: the deployment's postgresql role records
+`ALTER DATABASE ... SET llm_gateway.log_partition_interval = 'daily' | 'weekly'` before the
+gateways migrate; unset means daily. A weekly child runs from Monday to Monday (ISO weeks),
+as pg_partman makes them with `p_date_trunc_interval => 'week'`. Any other value fails the
+migration before it changes anything. The width cannot change afterwards (pg_partman keeps
+a set at the interval it was registered with; the role refuses a changed one).
+
+Children are named as pg_partman 5 names them (`requests_p20261130`: the first day, bounds
+at midnight UTC) plus `requests_default` / `responses_default`, so
+`partman.create_parent(..., p_interval => '1 day' | '1 week')` can adopt the sets later. The
+default partitions catch a row whose day has no partition yet (maintenance behind, clock
+skew): an insert never fails for want of a partition. No pg_partman here: native DDL only.
 
 Moving the rows while gateways keep writing, in this one transaction:
 1. Read the responses' then the requests' identity sequences (B, then A): every response
@@ -62,10 +69,14 @@ down_revision = "0002"
 branch_labels = None
 depends_on = None
 
-# Days created ahead of today (pg_partman's default premake).
-PREMAKE_DAYS = 4
+# The setting the database carries (see above), its values and their width in days.
+INTERVAL_SETTING = "llm_gateway.log_partition_interval"
+INTERVAL_DAYS = {"daily": 1, "weekly": 7}
+DEFAULT_INTERVAL = "daily"
+# Children created ahead of the current one (pg_partman's default premake).
+PREMAKE = 4
 # Rows older than this many days before today go to the default partition instead of a
-# daily child each: a stray timestamp from 1970 must not create 20,000 tables, and every
+# child each: a stray timestamp from 1970 must not create 20,000 tables, and every
 # child costs planning time. (pg_partman's partition_data_proc can move them out later.)
 MAX_BACKFILL_DAYS = 90
 # Longest wait for the exclusive lock: while we wait, new writes queue behind us.
@@ -89,8 +100,25 @@ RESPONSE_COLUMNS = (
 
 
 def partition_name(table: str, day: date) -> str:
-    """pg_partman 5's name for a daily child: <parent>_p<YYYYMMDD>."""
+    """pg_partman 5's name for a child of a daily or weekly set: <parent>_p<YYYYMMDD>."""
     return f"{table}_p{day:%Y%m%d}"
+
+
+def partition_interval(conn: Connection) -> str:
+    """The width the database asks for (INTERVAL_SETTING), daily when it says nothing."""
+    value = conn.exec_driver_sql(f"SELECT current_setting('{INTERVAL_SETTING}', true)").scalar()
+    value = value or DEFAULT_INTERVAL
+    if value not in INTERVAL_DAYS:
+        raise RuntimeError(
+            f"the database's {INTERVAL_SETTING} is {value!r}, not one of"
+            f" {', '.join(INTERVAL_DAYS)}; nothing was changed"
+        )
+    return value
+
+
+def period_start(day: date, days: int) -> date:
+    """The first day of the child that holds ``day``: the day itself, or its week's Monday."""
+    return day - timedelta(days=day.weekday()) if days == 7 else day
 
 
 def _utc(day: date) -> str:
@@ -133,16 +161,18 @@ def _create_tables(conn: Connection, suffix: str) -> None:
         ) PARTITION BY RANGE (request_created_at)""")
 
 
-def _create_partitions(conn: Connection, suffix: str, first: date, last: date) -> None:
-    """Daily children first..last (inclusive) and a default partition, for both tables."""
+def _create_partitions(conn: Connection, suffix: str, first: date, last: date, days: int) -> None:
+    """Children of ``days`` days covering first..last (inclusive) and a default partition,
+    for both tables."""
     for table in ("requests", "responses"):
-        day = first
-        while day <= last:
+        start = period_start(first, days)
+        while start <= last:
+            end = start + timedelta(days=days)
             conn.exec_driver_sql(
-                f"CREATE TABLE {partition_name(table, day)} PARTITION OF {table}{suffix}"
-                f" FOR VALUES FROM ({_utc(day)}) TO ({_utc(day + timedelta(days=1))})"
+                f"CREATE TABLE {partition_name(table, start)} PARTITION OF {table}{suffix}"
+                f" FOR VALUES FROM ({_utc(start)}) TO ({_utc(end)})"
             )
-            day += timedelta(days=1)
+            start = end
         conn.exec_driver_sql(f"CREATE TABLE {table}_default PARTITION OF {table}{suffix} DEFAULT")
 
 
@@ -284,6 +314,8 @@ def _copy_grants(conn: Connection, source: str, target: str) -> None:
 def upgrade() -> None:
     conn = op.get_bind()
     suffix = "_partitioned"
+    interval = partition_interval(conn)
+    days = INTERVAL_DAYS[interval]
     conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
     # One session: memory for the index builds and the FK's validation join, which
     # otherwise spill to disk (and take most of the time outside the lock).
@@ -297,7 +329,7 @@ def upgrade() -> None:
     ).one()
     first = max(min(oldest or today, today), today - timedelta(days=MAX_BACKFILL_DAYS))
     _create_tables(conn, suffix)
-    _create_partitions(conn, suffix, first, today + timedelta(days=PREMAKE_DAYS))
+    _create_partitions(conn, suffix, first, today + timedelta(days=PREMAKE * days), days)
     started = time.monotonic()
     bulk = _copy(conn, suffix, f"id <= {requests_mark}", f"p.id <= {responses_mark}")
     _add_keys(conn, suffix)
@@ -340,6 +372,7 @@ def upgrade() -> None:
     # On stderr for whoever runs it (and bench-db): how long writers waited on us.
     emit_event(
         "migrate_0003",
+        partition_interval=interval,
         rows_before_lock=bulk,
         catch_up_passes=passes,
         rows_under_lock=rest,
