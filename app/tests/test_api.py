@@ -1,5 +1,7 @@
 """Operational endpoints: models, health, db-stats, stored exchanges, metrics, errors."""
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 
 import orjson
@@ -7,8 +9,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from llm_gateway.metrics import writer_summary
+from llm_gateway.writer import STALL_AFTER_S
 
-from conftest import TEAM_KEY
+from conftest import TEAM_KEY, all_stored_once
 from helpers import CHAT_BODY, wait_until
 
 
@@ -176,3 +179,22 @@ def test_health_and_metrics_can_require_a_key(start_gateway, pg_cluster, databas
 def test_health_answers_head_for_load_balancers(gateway):
     reply = gateway.call("HEAD", "/api/health", key=None)
     assert (reply.status, reply.raw) == (200, b"")
+
+
+def test_health_stays_ready_when_work_arrives_after_a_quiet_spell(
+    start_gateway, pg_cluster, database
+):
+    """Readiness must not flap on light traffic: a writer that sat idle longer than its
+    stall threshold is not "not draining" the moment exchanges arrive again."""
+    # A long flush interval keeps the second exchange queued while health is asked.
+    gw = start_gateway(pg_cluster.url(database), writer={"flush_interval_ms": 1500})
+    time.sleep(STALL_AFTER_S + 0.5)  # no traffic: nothing waits, nothing to commit
+    with ThreadPoolExecutor(2) as pool:
+        replies = list(pool.map(lambda _: gw.call("POST", "/v1/chat/completions", CHAT_BODY),
+                                range(2)))  # fmt: skip
+    assert [reply.status for reply in replies] == [200, 200]
+    health = gw.call("GET", "/api/health", key=None)
+    assert health.status == 200, health.json()
+    assert health.json()["writer"]["stalled"] is False
+    ids = [reply.headers["x-request-id"] for reply in replies]
+    wait_until(lambda: all_stored_once(pg_cluster, database, ids))

@@ -365,6 +365,10 @@ class ExchangeWriter:
             first = await asyncio.wait_for(self.queue.get(), self.settings.retry_interval_s)
         except TimeoutError:
             return []
+        # The writer was idle until now: a quiet spell is no stall. Without this, work
+        # arriving after STALL_AFTER_S without traffic read as "not draining" (a 503 from
+        # /api/health) until its batch committed.
+        self._last_progress = time.monotonic()
         limit = self.settings.batch_size
         if self.queue.qsize() < limit - 1 and not self._stopping:
             await asyncio.sleep(flush_s)
@@ -430,6 +434,8 @@ class ExchangeWriter:
             written -= lost
         metrics.BATCH_COMMIT.observe(time.perf_counter() - started)
         metrics.WRITER_EXCHANGES.labels(path).inc(written)
+        # Each commit is progress, also the chunks of a long spool replay.
+        self._last_progress = time.monotonic()
         if not self.db_ok:
             log.warning("writer: database reachable again")
         self.db_ok = True
