@@ -235,6 +235,24 @@ def test_spool_of_a_dead_worker_is_adopted(tmp_path):
     assert not list(tmp_path.glob("*.jsonl"))
 
 
+def test_spool_of_a_worker_that_exits_later_is_adopted_and_replayed(
+    start_gateway, pg_cluster, database, tmp_path
+):
+    """A graceful reload (gunicorn HUP) starts new workers before the old ones have
+    finished their streams and spooled what the database would not take: the running
+    gateway takes over such files, not only the next one to start."""
+    gw = start_gateway(pg_cluster.url(database), workdir=tmp_path)
+    wait_until(lambda: gw.call("GET", "/api/health", key=None).status == 200)
+    dead_pid = 2**22 + 54321  # above pid_max: never a live process
+    left = tmp_path / "spool" / f"active-{dead_pid}.jsonl"
+    left.write_bytes(b"\n".join(spooled("req_left_1", "req_left_2")) + b"\n")
+    wait_until(lambda: all_stored_once(pg_cluster, database, ["req_left_1", "req_left_2"]))
+    assert not left.exists()
+    wait_until(
+        lambda: gw.call("GET", "/api/health", key=None).json()["writer"]["spool_backlog"] == 0
+    )
+
+
 def test_an_exchange_committed_twice_is_stored_once(tmp_path, pg_cluster, database):
     engine = create_engine(pg_cluster.url(database))
     writer = new_writer(engine, tmp_path)

@@ -39,6 +39,13 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _age(path: Path) -> tuple[int, str]:
+    try:
+        return path.stat().st_mtime_ns, path.name
+    except FileNotFoundError:  # adopted by another worker meanwhile: sorts first, skipped
+        return 0, path.name
+
+
 def _count_lines(path: Path) -> int:
     with path.open("rb") as handle:
         return sum(1 for _ in handle)
@@ -59,7 +66,8 @@ class Spool:
 
     def open(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._adopt_orphans()
+        # Our own pid here means a previous process that had our pid; it is gone.
+        self._adopt_orphans(include_own=True)
         self.backlog = sum(_count_lines(path) for path in self._pending_files())
         if self.active.exists():
             self.backlog += _count_lines(self.active)
@@ -68,24 +76,42 @@ class Spool:
         self._seq += 1
         return self.directory / f"pending-{self.pid}-{self._seq:012d}.jsonl"
 
-    def _adopt_orphans(self) -> None:
+    def _adopt_orphans(self, include_own: bool = False) -> list[Path]:
+        """Rename the files of workers that no longer run to pending files of ours;
+        returns the new paths."""
         orphans = []
         for path in self.directory.glob("*.jsonl"):
             match = _FILE_RE.match(path.name)
             if not match:
                 continue
             owner = int(match.group("apid") or match.group("ppid"))
-            # Our own pid here means a previous process that had our pid; it is gone.
-            if owner == self.pid or not _pid_alive(owner):
+            if (owner == self.pid and include_own) or (owner != self.pid and not _pid_alive(owner)):
                 orphans.append(path)
         # Oldest first, so replay keeps the order in which exchanges were spooled.
-        orphans.sort(key=lambda p: (p.stat().st_mtime_ns, p.name))
+        orphans.sort(key=_age)
+        adopted = []
         for path in orphans:
+            with self._lock:
+                target = self._next_pending()
             try:
-                os.rename(path, self._next_pending())
+                os.rename(path, target)
             except FileNotFoundError:
                 continue  # another worker adopted it first
             log.info("spool: adopted %s", path.name)
+            adopted.append(target)
+        return adopted
+
+    def adopt_orphans(self) -> int:
+        """Take over the files of workers that stopped after this one started, and return
+        how many exchanges they hold. A graceful reload (gunicorn HUP) starts the new
+        workers before the old ones finish their streams and spool what the database
+        would not take, so no startup sees those files."""
+        lines = 0
+        for path in self._adopt_orphans():
+            lines += _count_lines(path)
+        with self._lock:
+            self.backlog += lines
+        return lines
 
     def _pending_files(self) -> list[Path]:
         return sorted(self.directory.glob(f"pending-{self.pid}-*.jsonl"))

@@ -42,6 +42,8 @@ Encoded = tuple[str, bytes]
 STALL_AFTER_S = 10.0
 # Pause before a crashed writer task is started again (a crash loop must not spin).
 RESTART_DELAY_S = 1.0
+# How often the writer looks for spool files of workers that exited after it started.
+ORPHAN_CHECK_S = 5.0
 
 # One statement per batch: the whole batch travels as one JSON array parameter that
 # PostgreSQL unpacks with jsonb_to_recordset, so the client does no per-row parameter
@@ -224,6 +226,7 @@ class ExchangeWriter:
         self._sync_pending: list[tuple[Exchange, asyncio.Future]] = []
         self._sync_busy = False
         self._next_retry = 0.0
+        self._next_orphan_check = time.monotonic() + ORPHAN_CHECK_S
         # When the writer last finished a batch (committed or spooled), for stall checks.
         self._last_progress = time.monotonic()
 
@@ -352,6 +355,9 @@ class ExchangeWriter:
                 self._in_flight = []
             elif self.spool.has_backlog():
                 await loop.run_in_executor(self._executor, self._maybe_replay)
+            if time.monotonic() >= self._next_orphan_check:
+                self._next_orphan_check = time.monotonic() + ORPHAN_CHECK_S
+                await loop.run_in_executor(self._executor, self._adopt_orphans)
             metrics.WRITER_QUEUE.set(self.queue.qsize())
             if self._stopping and self.queue.empty():
                 await loop.run_in_executor(self._executor, self._maybe_replay, True)
@@ -607,6 +613,18 @@ class ExchangeWriter:
         self._count_quarantined(1)
         self._count_lost(1)
         self._dead_letter(None, f"unreadable spool line: {reason}", raw=raw)
+
+    def _adopt_orphans(self) -> None:
+        """Writer thread: take over the spool files of workers gone since this one started
+        (their exchanges are then replayed like ours)."""
+        try:
+            adopted = self.spool.adopt_orphans()
+        except OSError as exc:
+            log.error("writer: cannot adopt spool files: %s", exc)
+            return
+        if adopted:
+            log.warning("writer: adopted %d spooled exchanges of exited workers", adopted)
+            metrics.SPOOL_BACKLOG.set(self.spool.backlog)
 
     def _maybe_replay(self, force: bool = False) -> None:
         if self.engine is None or not self.spool.has_backlog():
