@@ -1,12 +1,14 @@
 """The production command: gunicorn with two uvicorn workers, one writer and one
 db_connected line per worker, metrics of both, clean stop on SIGTERM."""
 
+import contextlib
 import http.client
 import os
 import signal
 import ssl
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -17,7 +19,7 @@ import trustme
 import yaml
 from ports import free_port, wait_for_port
 
-from conftest import MASTER_KEY, PROVIDER_KEY_ENV, all_stored_once, gateway_config
+from conftest import MASTER_KEY, PROVIDER_KEY_ENV, all_stored_once, gateway_config, query
 from helpers import CHAT_BODY, http_call, wait_until
 
 
@@ -146,3 +148,66 @@ def test_gunicorn_serves_https_with_the_deployments_certificate(
         proc.send_signal(signal.SIGTERM)
         proc.wait(40)
     assert all_stored_once(pg_cluster, database, [request_id])
+
+
+def start_gunicorn(env: dict, stderr_path: Path, *options: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    with stderr_path.open("w") as stderr:
+        proc = subprocess.Popen(
+            [str(gunicorn), "--bind", f"127.0.0.1:{port}", *options,
+             "--worker-class", "llm_gateway.serving.GatewayWorker",
+             "llm_gateway.main:create_app()"],
+            env=env, stderr=stderr, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+    wait_for_port(port, proc=proc)
+    return proc, port
+
+
+def test_sigterm_cuts_a_stream_that_outlasts_the_graceful_timeout_and_logs_it(
+    tmp_path, pg_cluster, database, upstreams
+):
+    """gunicorn kills a worker graceful_timeout after SIGTERM; a stream still running
+    then must not take the writer's drain and its own row down with it: the worker cuts
+    it early enough, logs it (503, what was relayed) and shuts down cleanly."""
+    env = {**service_env(tmp_path, pg_cluster, database, upstreams),
+           "GATEWAY_HTTP_SHUTDOWN_DRAIN_S": "3"}  # fmt: skip
+    stderr_path = tmp_path / "stderr.log"
+    proc, port = start_gunicorn(env, stderr_path, "--workers", "1", "--graceful-timeout", "6")
+    try:
+        wait_until(lambda: http_call(port, "GET", "/api/health").status == 200, timeout=30)
+        # The dripping upstream sends three words every 0.3 s: these take 20 s.
+        words = " ".join(f"w{i}" for i in range(200))
+        body = {**CHAT_BODY, "model": "dripping", "stream": True,
+                "messages": [{"role": "user", "content": words}]}  # fmt: skip
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/v1/chat/completions", orjson.dumps(body),
+                     {"Authorization": f"Bearer {MASTER_KEY}"})  # fmt: skip
+        answer = conn.getresponse()
+        request_id = answer.headers["x-request-id"]
+        assert answer.read1(65536).startswith(b"data: ")
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        received = b""
+        with contextlib.suppress(http.client.HTTPException, OSError):
+            while chunk := answer.read1(65536):
+                received += chunk
+        proc.wait(20)
+        assert time.monotonic() - started < 6  # before gunicorn's kill
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert b"[DONE]" not in received
+    assert '"event":"shutdown"' in stderr_path.read_text()
+    ((status, logged),) = wait_until(
+        lambda: query(
+            pg_cluster,
+            database,
+            "SELECT p.status_code, p.response_body FROM requests r"
+            " JOIN responses p ON p.request_id_fk = r.id WHERE r.request_id = %s",
+            (request_id,),
+        )
+    )
+    assert status == 503
+    assert logged["error"]["code"] == "gateway_shutdown"
+    assert logged["choices"][0]["message"]["content"].startswith("Fake reply: w0")

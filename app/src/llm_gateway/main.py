@@ -20,6 +20,7 @@ from llm_gateway.db import connection_facts, driver_reason, make_engine
 from llm_gateway.errors import error_response
 from llm_gateway.events import emit_event
 from llm_gateway.gateway import Gateway
+from llm_gateway.serving import serving_settings
 from llm_gateway.settings import NO_DATABASE, EnvSettings
 from llm_gateway.spool import Spool
 from llm_gateway.writer import ExchangeWriter
@@ -90,7 +91,7 @@ def create_app(
             yield
         finally:
             announcer.cancel()
-            await writer.stop()
+            await writer.stop(timeout=serving_settings().writer_stop_timeout_s)
             await session.close()
             if engine is not None:
                 engine.dispose()

@@ -201,6 +201,13 @@ async def forward_call(request: Request) -> Response:
     ex = Exchange(request, alias, endpoint=ENDPOINTS[request.scope["path"]])
     try:
         return await _forward_call(gateway, ex)
+    except asyncio.CancelledError:
+        # The server cut the call (shutting down, or the client left): no answer leaves,
+        # but the upstream may have been called (and charge), so the exchange keeps its row.
+        if alias is not None:  # unauthenticated calls are never logged
+            latency = time.perf_counter() - ex.t0
+            gateway.writer.submit(ex.record(*_why_cut(request), None, latency))
+        raise
     except Exception:
         # Whatever went wrong, the caller gets a request id and the exchange is logged.
         log.exception("unhandled error in %s (request %s)", ex.endpoint.path, ex.request_id)
@@ -347,6 +354,9 @@ async def _stream(gateway: Gateway, ex: Exchange) -> Response:
 
 
 _CLIENT_LEFT = error_body(499, "client closed the connection", "client_disconnected")
+_SHUT_DOWN = error_body(
+    503, "the gateway shut down before the answer was complete", "gateway_shutdown"
+)
 
 
 def _client_left(request: Request) -> bool:
@@ -364,6 +374,11 @@ def _client_left(request: Request) -> bool:
         return finished.value.get("type") == "http.disconnect"
     pending.close()
     return False
+
+
+def _why_cut(request: Request) -> tuple[int, dict]:
+    """(status, error body) of a call cancelled before its answer was complete."""
+    return (499, _CLIENT_LEFT) if _client_left(request) else (503, _SHUT_DOWN)
 
 
 async def _wait_for_disconnect(request: Request) -> None:
@@ -422,6 +437,12 @@ async def _relay(
     except (TimeoutError, aiohttp.ClientError) as exc:
         status, error = _transport_error(exc)
         yield b"data: " + orjson.dumps(error) + b"\n\n"
+    except asyncio.CancelledError:
+        # Starlette cancels the relay when the client leaves (499 below); the server when
+        # it shuts down (serving.GatewayWorker). Log what was relayed, and why it ended.
+        if not complete and not _client_left(ex.request):
+            status, error = 503, _SHUT_DOWN
+        raise
     except Exception as exc:
         # E.g. a line longer than aiohttp's reader allows: the stream ends with an error
         # event, and the log says 502, not a 200 with a cut answer.

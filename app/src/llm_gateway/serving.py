@@ -15,6 +15,10 @@ adds those limits to uvicorn's own httptools protocol, at its documented extensi
   Keep it below the unit's ``LimitNOFILE``: each client connection may also hold an
   upstream connection.
 - ``keepalive_s``: how long an idle kept-alive connection stays open.
+- ``shutdown_drain_s``: of gunicorn's ``--graceful-timeout``, the seconds kept for the
+  application's own shutdown (the writer drains its queue, or spools it). Connections
+  still open when the rest has passed (a long stream, a client that stopped reading) are
+  cut, their exchanges logged, instead of gunicorn killing the worker mid-shutdown.
 """
 
 from __future__ import annotations
@@ -44,6 +48,13 @@ class ServingSettings(BaseSettings):
     max_header_bytes: int = Field(default=16384, ge=256, le=1 << 20)
     max_header_count: int = Field(default=100, ge=8, le=1000)
     max_connections: int = Field(default=4096, ge=16, le=1 << 20)
+    shutdown_drain_s: float = Field(default=10.0, ge=2, le=600)
+
+    @property
+    def writer_stop_timeout_s(self) -> float:
+        """How long the lifespan shutdown waits for the writer before spooling the rest:
+        inside the reserve, with room for that spooling."""
+        return self.shutdown_drain_s * 0.8
 
 
 @lru_cache(maxsize=1)
@@ -212,3 +223,12 @@ class GatewayWorker(UvicornWorker):
         super().__init__(*args, **kwargs)
         for name, value in uvicorn_options().items():
             setattr(self.config, name, value)
+        # uvicorn waits for open connections without limit; gunicorn kills the worker
+        # graceful_timeout after its SIGTERM (and a worker whose heartbeat stopped, as it
+        # does while shutting down, after timeout: so it goes for a HUP's old workers). A
+        # stream still running then would take the lifespan shutdown (the writer's drain)
+        # and its own log row down with it, so uvicorn cuts connections early enough for
+        # the shutdown to finish.
+        allowed = min(self.cfg.graceful_timeout, self.cfg.timeout or self.cfg.graceful_timeout)
+        reserve = serving_settings().shutdown_drain_s
+        self.config.timeout_graceful_shutdown = max(1, int(allowed - reserve))
