@@ -413,6 +413,44 @@ def test_a_client_that_leaves_before_a_plain_answer_is_logged_499(
     assert_log_goes_on(gw, pg_cluster, database)
 
 
+def test_a_stream_reader_that_stops_reading_is_dropped_and_logged(
+    start_gateway, pg_cluster, database
+):
+    gw = start_gateway(
+        pg_cluster.url(database),
+        extra_env={"GATEWAY_HTTP_SEND_TIMEOUT_S": "1"},
+        max_request_body_bytes=1 << 20,
+    )
+    # The fake upstream echoes the prompt: about 17 MB of events, more than the sockets
+    # hold for a client that reads nothing.
+    prompt = {"role": "user", "content": "a " * 300_000}
+    body = orjson.dumps({**CHAT_BODY, "stream": True, "messages": [prompt]})
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", gw.port))
+        sock.sendall(chat_head(b"", body) + body)
+        head = sock.recv(1024)  # and nothing more: the reader stalls
+        request_id = head.split(b"x-request-id: ")[1].split(b"\r\n")[0].decode()
+        started = time.monotonic()
+        rows = wait_until(
+            lambda: query(
+                pg_cluster,
+                database,
+                "SELECT p.status_code, p.response_body FROM requests r"
+                " JOIN responses p ON p.request_id_fk = r.id WHERE r.request_id = %s",
+                (request_id,),
+            ),
+            timeout=20,
+        )
+        # Logged while the client still holds its socket: the gateway let go of it.
+        assert time.monotonic() - started < 10
+    ((status, logged),) = rows
+    assert status == 499
+    assert logged["error"]["code"] == "client_disconnected"
+    assert logged["choices"][0]["message"]["content"].startswith("Fake reply: a a")
+    assert_log_goes_on(gw, pg_cluster, database)
+
+
 def test_max_request_json_depth_cannot_exceed_what_the_log_holds():
     from llm_gateway.config import ConfigError, build_config
     from llm_gateway.settings import EnvSettings

@@ -15,6 +15,9 @@ adds those limits to uvicorn's own httptools protocol, at its documented extensi
   Keep it below the unit's ``LimitNOFILE``: each client connection may also hold an
   upstream connection.
 - ``keepalive_s``: how long an idle kept-alive connection stays open.
+- ``send_timeout_s``: how long a client may leave the answer unread once the socket's
+  buffers are full (a stream reader that stalls): then the connection is dropped, which
+  ends the relay (and its upstream call) and logs the exchange as a 499.
 - ``shutdown_drain_s``: of gunicorn's ``--graceful-timeout``, the seconds kept for the
   application's own shutdown (the writer drains its queue, or spools it). Connections
   still open when the rest has passed (a long stream, a client that stopped reading) are
@@ -44,6 +47,7 @@ class ServingSettings(BaseSettings):
     header_timeout_s: float = Field(default=10.0, gt=0, le=600)
     body_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     keepalive_s: int = Field(default=5, ge=1, le=3600)
+    send_timeout_s: float = Field(default=60.0, gt=0, le=3600)
     max_head_bytes: int = Field(default=65536, ge=1024, le=1 << 20)
     max_header_bytes: int = Field(default=16384, ge=256, le=1 << 20)
     max_header_count: int = Field(default=100, ge=8, le=1000)
@@ -76,6 +80,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.limits = serving_settings()
         self._timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None  # armed while writing is paused
         self._reading_head = True  # no head complete yet for the current request
         self._in_head = False  # a request has begun and its head is incomplete
         self._head_bytes = 0  # received while the head is incomplete
@@ -115,7 +120,31 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._disarm_send()
         super().connection_lost(exc)
+
+    # ---- a client that stops reading -----------------------------------------------
+    def pause_writing(self) -> None:
+        """The transport's buffer is full: the client reads slower than we answer. Without
+        a limit a client that never reads again holds its request, its upstream stream and
+        the exchange's log row for good (and a graceful stop until gunicorn kills)."""
+        super().pause_writing()
+        self._disarm_send()
+        self._send_timer = self.loop.call_later(self.limits.send_timeout_s, self._send_timed_out)
+
+    def resume_writing(self) -> None:
+        self._disarm_send()
+        super().resume_writing()
+
+    def _disarm_send(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _send_timed_out(self) -> None:
+        self._send_timer = None
+        # abort, not close: close would wait to flush a buffer nobody reads.
+        self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if self._reading_head:
