@@ -144,12 +144,20 @@ def test_metrics_exposition(gateway):
 
 @pytest.mark.parametrize(
     ("method", "path", "status"),
-    [("GET", "/nope", 404), ("GET", "/v1/chat/completions", 405), ("DELETE", "/api/health", 405)],
+    [
+        ("GET", "/nope", 404),
+        ("GET", "/v1/chat/completions", 405),
+        ("DELETE", "/api/health", 405),
+        ("POST", "/v1/chat/completions/", 404),
+        ("GET", "/api/health/", 404),
+        ("GET", "/api/requests/", 404),
+    ],
 )
 def test_unknown_routes_and_methods_get_openai_errors(gateway, method, path, status):
-    reply = gateway.call(method, path)
+    reply = gateway.call(method, path, headers={"Host": "evil.example"})
     assert reply.status == status
     assert set(reply.json()["error"]) == {"message", "type", "param", "code"}
+    assert "location" not in reply.headers
 
 
 def test_startup_logs_one_db_connected_line(gateway):

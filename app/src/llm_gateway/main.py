@@ -109,6 +109,9 @@ def create_app(
         # Our own Prometheus metrics cover requests; FastAPI's OpenTelemetry hooks would
         # look up providers (and the environment) on every request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        # "/v1/chat/completions/" is a 404 like any other unknown route, not a redirect
+        # whose Location is built from the client's Host header.
+        redirect_slashes=False,
     )
     # Reachable through FastAPI too (same handler), e.g. for ASGI test clients.
     for path in proxy.ENDPOINTS:
