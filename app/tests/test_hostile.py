@@ -350,6 +350,52 @@ def test_credentials_in_headers_and_query_never_reach_the_log(gateway, pg_cluste
         assert secret_part not in listed
 
 
+def test_credentials_recognised_by_shape_or_inside_values_never_reach_the_log(gateway, pg_cluster):
+    """Names are not the only tell: a Bearer value under a custom header, a key-shaped
+    value, a password in a URL, a token in a URL inside a header, a ";"-separated query
+    pair, a key in the body's api_key field."""
+    secrets = {
+        "bearer": "zz-secret-bearer-1",
+        "keyshape": "sk-proj-zzsecretkeyshape2",
+        "referer_pw": "zz-secret-userinfo-3",
+        "referer_tok": "zz-secret-reftoken-4",
+        "original_url": "zz-secret-origurl-5",
+        "passphrase": "zz-secret-passphrase-6",
+        "semicolon": "zz-secret-semicolon-7",
+        "redirect_pw": "zz-secret-redirect-8",
+        "bare": "sk-zzsecretbarequery9",
+        "body": "zz-secret-body-10",
+    }
+    query = (
+        f"debug=1;api-key={secrets['semicolon']}"
+        f"&redirect=https%3A%2F%2Fu%3A{secrets['redirect_pw']}%40h%2F&{secrets['bare']}"
+    )
+    headers = {
+        "X-Custom": f"Bearer {secrets['bearer']}",
+        "X-Upstream": secrets["keyshape"],
+        "Referer": f"https://u:{secrets['referer_pw']}@app.example/?token={secrets['referer_tok']}",
+        "X-Original-URL": f"/v1/chat/completions?api_key={secrets['original_url']}",
+        "X-Passphrase": secrets["passphrase"],
+        "X-Trace": "t2",
+    }
+    body = {**CHAT_BODY, "api_key": secrets["body"], "max_tokens": 7}
+    reply = gateway.call("POST", f"/v1/chat/completions?{query}", body, headers=headers)
+    assert reply.status == 200
+    logged = row(gateway, pg_cluster, gateway.database, reply.headers["x-request-id"])
+    stored = orjson.dumps(logged).decode()
+    listed = gateway.call("GET", "/api/requests?limit=50").raw.decode()
+    for name, secret in secrets.items():
+        assert secret not in stored, name
+        assert secret not in listed, name
+    # What is no credential stays as it was.
+    assert logged["url"].startswith("/v1/chat/completions?debug=1;api-key=[REDACTED]&")
+    assert logged["headers"]["x-trace"] == "t2"
+    assert logged["headers"]["referer"].startswith("https://u:[REDACTED]@app.example/")
+    assert logged["body"]["api_key"] == "[REDACTED]"
+    assert logged["body"]["max_tokens"] == 7
+    assert logged["body"]["messages"] == CHAT_BODY["messages"]
+
+
 # ---- keys ------------------------------------------------------------------------------------
 
 

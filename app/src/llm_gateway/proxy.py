@@ -27,7 +27,7 @@ from llm_gateway.config import Deployment
 from llm_gateway.endpoints import CHAT, ENDPOINTS, Endpoint
 from llm_gateway.errors import error_body, error_response
 from llm_gateway.gateway import Gateway
-from llm_gateway.redaction import logged_url, redacted_headers
+from llm_gateway.redaction import logged_url, redacted_body, redacted_headers
 from llm_gateway.upstream import Attempt, call_with_retries
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class Exchange:
             "method": "POST",
             "url": logged_url(self.request.scope["path"], self.request.scope["query_string"]),
             "headers": redacted_headers(self.request.scope["headers"]),
-            "body": self.body,
+            "body": redacted_body(self.body),
             "model": self.model[:255] if self.model else None,  # varchar(255)
             "status_code": status,
             "key_alias": self.alias,
