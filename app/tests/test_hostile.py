@@ -229,6 +229,22 @@ def test_an_idle_socket_flood_leaves_health_answering(start_gateway, pg_cluster,
     assert_log_goes_on(gw, pg_cluster, database)
 
 
+def test_beyond_the_connection_limit_the_answer_is_a_json_503(start_gateway, pg_cluster, database):
+    gw = start_gateway(pg_cluster.url(database), extra_env={"GATEWAY_HTTP_MAX_CONNECTIONS": "16"})
+    idle = [socket.create_connection(("127.0.0.1", gw.port), timeout=5) for _ in range(16)]
+    try:
+        time.sleep(0.2)  # all accepted
+        reply = gw.call("GET", "/api/health", key=None)
+        assert reply.status == 503
+        assert reply.headers["content-type"] == "application/json"
+        assert reply.json()["error"]["code"] == "too_many_connections"
+    finally:
+        for sock in idle:
+            sock.close()
+    time.sleep(0.2)  # the server noticed
+    assert_log_goes_on(gw, pg_cluster, database)
+
+
 def test_a_slow_body_is_timed_out(start_gateway, pg_cluster, database):
     gw = start_gateway(pg_cluster.url(database), extra_env={"GATEWAY_HTTP_BODY_TIMEOUT_S": "1"})
     with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:

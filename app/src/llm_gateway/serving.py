@@ -173,6 +173,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_size += len(url)
         super().on_url(url)
 
+    def _over_capacity(self) -> bool:
+        """uvicorn's limit_concurrency test, made before uvicorn makes it."""
+        limit = self.limit_concurrency
+        return limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit)
+
     def _head_too_large(self) -> tuple[int, str, str]:
         limit = self.limits.max_head_bytes
         return 431, f"request line and headers exceed {limit} bytes", _TOO_LARGE
@@ -199,6 +204,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._refuse_large_head()
+        if self._over_capacity():
+            # uvicorn's own answer here is a text/plain 503; ours is JSON like the rest.
+            limit = self.limit_concurrency
+            message = f"the gateway serves {limit} connections per worker; try again later"
+            self._rejection = (503, message, "too_many_connections")
+            raise _HeadRejected
         self._disarm()
         self._reading_head = self._in_head = False
         self._head_bytes = self._head_size = self._header_count = 0
