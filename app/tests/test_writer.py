@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import create_engine
 
 from llm_gateway import metrics
-from llm_gateway.config import DatabaseSettings, WriterSettings
-from llm_gateway.proxy import _token_count
+from llm_gateway.config import DatabaseSettings, Deployment, WriterSettings
+from llm_gateway.proxy import _token_count, usage_columns
 from llm_gateway.spool import Spool
 from llm_gateway.writer import STALL_AFTER_S, ExchangeWriter, encode, insert_exchanges
 
@@ -303,6 +303,29 @@ def test_batch_with_repeated_request_ids_is_stored_exactly_once(pg_cluster, data
     assert same_start and float(latency) == 1.23 and model == "gpt-test"
     assert delta.total_seconds() == pytest.approx(0.001234)
     assert response_body == {"ok": True}
+
+
+def test_usage_an_upstream_inflates_still_fits_the_columns(pg_cluster, database):
+    """An upstream's counts are its word: INT4-max prompt and completion without a total,
+    at a price that makes the cost overflow, must not get the exchange refused."""
+    usage = {"prompt_tokens": 2**31 - 1, "completion_tokens": 2**31 - 1}
+    priced = Deployment("m", "m", "http://127.0.0.1:1/v1", None, None, 0.001, 0.002)
+    prompt, completion, total, cost = usage_columns(usage, priced)
+    assert (prompt, completion, total, cost) == (2**31 - 1, 2**31 - 1, None, None)
+    record = exchange_record(
+        "req_inflated",
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        tokens_used=total,
+        cost=cost,
+    )
+    engine = create_engine(pg_cluster.url(database))
+    try:
+        with engine.begin() as conn:
+            assert insert_exchanges(conn, [record]) == 1
+    finally:
+        engine.dispose()
+    assert usage_columns({"prompt_tokens": 3, "completion_tokens": 4}, priced) == (3, 4, 7, 0.011)
 
 
 def test_writer_replaces_its_kept_connection_after_a_server_restart(

@@ -75,21 +75,7 @@ class Exchange:
 
     def record(self, status: int, response_body: Any, usage: Any, latency_s: float) -> dict:
         """The row pair for the writer (plain dict: it may be spooled as JSON)."""
-        prompt = completion = total = cost = None
-        if isinstance(usage, dict):
-            # Chat, completions and embeddings count prompt/completion tokens; the
-            # Responses API input/output tokens.
-            prompt = _token_count(usage.get("prompt_tokens", usage.get("input_tokens")))
-            completion = _token_count(usage.get("completion_tokens", usage.get("output_tokens")))
-            total = _token_count(usage.get("total_tokens"))
-            if total is None and prompt is not None and completion is not None:
-                total = prompt + completion
-        if self.deployment is not None and (prompt or completion):
-            cost = round(
-                (prompt or 0) * self.deployment.input_cost_per_token
-                + (completion or 0) * self.deployment.output_cost_per_token,
-                6,
-            )
+        prompt, completion, total, cost = usage_columns(usage, self.deployment)
         body = self.body if isinstance(self.body, dict) else None
         user = body.get("user") if body else None
         return {
@@ -120,6 +106,35 @@ class Exchange:
             "X-DB-Overhead": f"{overhead_s * 1000:.2f}ms",
             "X-Total-Latency": f"{latency_s * 1000:.2f}ms",
         }
+
+
+def usage_columns(
+    usage: Any, deployment: Deployment | None
+) -> tuple[int | None, int | None, int | None, float | None]:
+    """(prompt, completion, total tokens, cost) as the columns accept them. An upstream's
+    counts are not trusted to fit: a value that would not (a sum past INTEGER, a cost
+    past numeric(12, 6)) is NULL, so the row keeps its payload instead of being refused
+    and quarantined."""
+    prompt = completion = total = cost = None
+    if isinstance(usage, dict):
+        # Chat, completions and embeddings count prompt/completion tokens; the
+        # Responses API input/output tokens.
+        prompt = _token_count(usage.get("prompt_tokens", usage.get("input_tokens")))
+        completion = _token_count(usage.get("completion_tokens", usage.get("output_tokens")))
+        total = _token_count(usage.get("total_tokens"))
+        if total is None and prompt is not None and completion is not None:
+            total = _token_count(prompt + completion)
+    if deployment is not None and (prompt or completion):
+        cost = round(
+            (prompt or 0) * deployment.input_cost_per_token
+            + (completion or 0) * deployment.output_cost_per_token,
+            6,
+        )
+        cost = cost if cost < _MAX_COST else None
+    return prompt, completion, total, cost
+
+
+_MAX_COST = 10**6  # numeric(12, 6)
 
 
 def _token_count(value: Any) -> int | None:
