@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -303,6 +304,37 @@ def test_batch_with_repeated_request_ids_is_stored_exactly_once(pg_cluster, data
     assert same_start and float(latency) == 1.23 and model == "gpt-test"
     assert delta.total_seconds() == pytest.approx(0.001234)
     assert response_body == {"ok": True}
+
+
+def test_a_nul_in_one_exchange_does_not_split_its_batch(tmp_path, pg_cluster, database):
+    """U+0000, which JSONB refuses, is replaced before the batch is sent: the batch goes
+    in as one statement, instead of failing and being retried exchange by exchange (the
+    database counts each refused statement as a rolled-back transaction)."""
+
+    def rolled_back() -> int:
+        sql = "SELECT xact_rollback FROM pg_stat_database WHERE datname = current_database()"
+        return query(pg_cluster, database, sql)[0][0]
+
+    def rollbacks_writing(batch: list[dict]) -> int:
+        before = rolled_back()
+        engine = create_engine(pg_cluster.url(database))
+        writer = new_writer(engine, tmp_path)
+        try:
+            writer._write_batch(batch)
+            writer._close_conn()
+        finally:
+            engine.dispose()  # backends flush their statistics when they exit
+        time.sleep(0.5)
+        return rolled_back() - before
+
+    clean = [exchange_record(f"req_clean_{i}") for i in range(200)]
+    with_nul = [exchange_record(f"req_batch_{i}") for i in range(200)]
+    with_nul[7] = exchange_record("req_nul", body={"messages": [{"content": "a\x00b"}]})
+    assert rollbacks_writing(with_nul) == rollbacks_writing(clean)
+    ids = [exchange["request_id"] for exchange in clean + with_nul]
+    assert all_stored_once(pg_cluster, database, ids)
+    stored = query(pg_cluster, database, "SELECT body FROM requests WHERE request_id = 'req_nul'")
+    assert stored[0][0]["messages"][0]["content"] == "a\ufffdb"
 
 
 def test_usage_an_upstream_inflates_still_fits_the_columns(pg_cluster, database):
