@@ -117,6 +117,28 @@ def dead_letters(gw) -> list[bytes]:
     ]
 
 
+def test_an_endless_stream_is_relayed_and_its_log_stays_bounded(gateway, pg_cluster):
+    """A provider stuck in a loop streams without end: the client gets it for as long as
+    it reads, the log keeps a bounded part (and the usage), and the worker's memory does
+    not grow with it."""
+    limit = 32 << 20  # proxy.MAX_LOGGED_STREAM_BYTES
+    body = orjson.dumps({**CHAT_BODY, "model": "endless", "stream": True})
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
+        sock.sendall(chat_head(b"", body) + body)
+        received = sock.recv(65536)
+        request_id = received.split(b"x-request-id: ")[1].split(b"\r\n")[0].decode()
+        size = len(received)
+        while size < limit + (8 << 20):
+            size += len(sock.recv(1 << 20))
+    logged = row(gateway, pg_cluster, gateway.database, request_id)
+    assert logged["status"] == 499
+    answer = logged["response_body"]
+    assert "first 33554432 bytes" in answer["_truncated"]
+    assert len(answer["choices"][0]["message"]["content"]) < limit
+    assert answer["choices"][0]["message"]["content"].startswith("loop0 loop1")
+    assert_log_goes_on(gateway, pg_cluster, gateway.database)
+
+
 # ---- poison in the spool and at shutdown ------------------------------------------------
 
 

@@ -36,6 +36,8 @@ Per-request controls, for tests
                                   answer (a misbehaving provider; at most 1000)
     model "fake-refusal"          the model refuses (message.refusal, streamed as deltas)
     model "fake-context-exceeded" 400 with OpenAI's context_length_exceeded error
+    model "fake-endless"          streamed: deltas without end, as fast as they are read
+                                  (a provider stuck in a loop)
     "tools" in the request        the answer calls the first tool with {"text": <last
                                   user message>} (tool_calls; streamed in fragments)
     model "fake-encoded-<coding>" answer (plain or streamed) in that content coding
@@ -54,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hmac
 import os
 import random
@@ -80,6 +83,7 @@ ENCODED_MODEL_PREFIX = "fake-encoded-"
 NUMBER_PARAMETERS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
 REFUSAL_MODEL = "fake-refusal"
 CONTEXT_EXCEEDED_MODEL = "fake-context-exceeded"
+ENDLESS_MODEL = "fake-endless"
 CONTEXT_EXCEEDED = "context_length_exceeded"  # OpenAI's error code
 REFUSAL = "I'm sorry, but I can't help with that request."
 # Streamed tool-call arguments arrive in fragments of this many characters.
@@ -331,6 +335,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         "completion_tokens": answer.completion_tokens,
         "total_tokens": prompt_tokens + answer.completion_tokens,
     }
+    if payload.get("stream") is True and model == ENDLESS_MODEL:
+        return await endless_stream(request, model)
     if payload.get("stream") is True:
         return await stream_completion(
             request, model, answer, usage if wants_stream_usage(payload) else None
@@ -491,6 +497,19 @@ async def stream_completion(
         await send([], usage=usage)
     await stream.send(b"[DONE]")
     return await stream.close()
+
+
+async def endless_stream(request: web.Request, model: str) -> web.StreamResponse:
+    """Deltas until the reader goes away (no pacing: the reader sets the speed)."""
+    stream = EventStream(request, model)
+    base = {"id": completion_id(), "object": "chat.completion.chunk", "model": model}
+    words = " ".join(f"loop{i}" for i in range(50))
+    await stream.response.prepare(request)
+    with contextlib.suppress(ConnectionError):
+        while True:
+            delta = {"index": 0, "delta": {"content": words}, "finish_reason": None}
+            await stream._write(b"data: " + orjson.dumps({**base, "choices": [delta]}) + b"\n\n")
+    return stream.response
 
 
 async def list_models(request: web.Request) -> web.Response:

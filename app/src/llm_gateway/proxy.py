@@ -401,6 +401,23 @@ async def _wait_for_disconnect(request: Request) -> None:
         pass
 
 
+# One server-sent event (its lines up to the blank one) and a stream's logged chunks. An
+# upstream that never sends the blank line, or never ends, must not grow a worker's
+# memory until the kernel kills it (and every exchange it held).
+MAX_STREAM_EVENT_BYTES = 4 << 20
+MAX_LOGGED_STREAM_BYTES = 32 << 20
+
+
+class UpstreamStreamError(Exception):
+    """The upstream's stream cannot be relayed (answered as upstream_bad_stream)."""
+
+
+def _tail_of(chunk: dict) -> dict:
+    """What the stream log still takes of a chunk past its budget: the usage, and the
+    Responses API's terminal event (the whole response, at most one line long)."""
+    return {key: chunk[key] for key in ("usage", "type", "response") if key in chunk}
+
+
 async def _relay(
     gateway: Gateway, ex: Exchange, upstream: aiohttp.ClientResponse, client_wants_usage: bool
 ) -> AsyncIterator[bytes]:
@@ -408,6 +425,10 @@ async def _relay(
     status = 200
     error: dict | None = None
     event: list[bytes] = []
+    event_size = 0
+    # An upstream may stream without end: what the log accumulates is bounded, the relay
+    # to the client is not (it decides when it has had enough).
+    logged = 0
     # The upstream's answer is complete once its [DONE] has been passed on or its stream
     # ended: a client that closes right after reading [DONE] (the openai SDK does) has
     # its whole answer, so only leaving before that is a 499.
@@ -421,6 +442,11 @@ async def _relay(
                 break
             if line.strip():
                 event.append(line)
+                event_size += len(line)
+                if event_size > MAX_STREAM_EVENT_BYTES:
+                    raise UpstreamStreamError(
+                        f"an event longer than {MAX_STREAM_EVENT_BYTES} bytes"
+                    )
                 continue
             if not event:
                 continue
@@ -436,7 +462,10 @@ async def _relay(
                     except orjson.JSONDecodeError:
                         continue
                     if isinstance(chunk, dict):
-                        stream_log.feed(chunk)
+                        logged += len(data)
+                        stream_log.feed(
+                            chunk if logged <= MAX_LOGGED_STREAM_BYTES else _tail_of(chunk)
+                        )
                         # We added include_usage; hide the usage-only chunk from clients
                         # that did not ask for it (they may index choices[0]).
                         if not client_wants_usage and not chunk.get("choices"):
@@ -444,7 +473,7 @@ async def _relay(
             if relay:
                 yield b"".join(event) + b"\n"
             complete = complete or done or stream_log.finished
-            event = []
+            event, event_size = [], 0
         else:
             if event:
                 yield b"".join(event) + b"\n\n"
@@ -469,6 +498,10 @@ async def _relay(
         client_gone.cancel()
         upstream.release()
         body = stream_log.body()
+        if logged > MAX_LOGGED_STREAM_BYTES:
+            body["_truncated"] = (
+                f"chunks past the first {MAX_LOGGED_STREAM_BYTES} bytes add only usage"
+            )
         if error is not None:
             body["error"] = error["error"]
         elif not complete:
