@@ -139,6 +139,19 @@ def test_an_endless_stream_is_relayed_and_its_log_stays_bounded(gateway, pg_clus
     assert_log_goes_on(gateway, pg_cluster, gateway.database)
 
 
+def test_an_upstream_answer_over_the_limit_is_a_logged_502(start_gateway, pg_cluster, database):
+    gw = start_gateway(pg_cluster.url(database), max_response_body_bytes=16 * 1024)
+    # The fake upstream echoes the prompt: a 30 KB answer.
+    body = {**CHAT_BODY, "messages": [{"role": "user", "content": "word " * 6000}]}
+    reply = gw.call("POST", "/v1/chat/completions", body)
+    assert reply.status == 502
+    assert reply.json()["error"]["code"] == "upstream_answer_too_large"
+    logged = row(gw, pg_cluster, database, reply.headers["x-request-id"])
+    assert logged["status"] == logged["response_status"] == 502
+    assert logged["response_body"]["error"]["code"] == "upstream_answer_too_large"
+    assert_log_goes_on(gw, pg_cluster, database)
+
+
 # ---- poison in the spool and at shutdown ------------------------------------------------
 
 

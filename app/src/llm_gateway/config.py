@@ -127,6 +127,10 @@ class ServiceSettings(BaseModel):
     # Far above what clients send (a chat body nests 3-5 levels, tool schemas a few more)
     # and within what the log can store.
     max_request_json_depth: int = Field(default=128, ge=1, le=MAX_LOGGABLE_DEPTH)
+    # Largest unstreamed upstream answer read (a 502 beyond): an upstream must not make a
+    # worker read without end. Room for the largest real answers (2,048 embeddings of
+    # 3,072 floats as JSON are ~126 MB); the log cannot hold more than 255 MB anyway.
+    max_response_body_bytes: int = Field(default=192 * 1024 * 1024, ge=1024, le=1024**3)
 
 
 DEFAULT_TIMEOUT_S = 600.0  # LiteLLM's default request timeout

@@ -28,7 +28,7 @@ from llm_gateway.endpoints import CHAT, ENDPOINTS, Endpoint
 from llm_gateway.errors import error_body, error_response
 from llm_gateway.gateway import Gateway
 from llm_gateway.redaction import logged_url, redacted_body, redacted_headers
-from llm_gateway.upstream import Attempt, call_with_retries
+from llm_gateway.upstream import AnswerTooLarge, Attempt, call_with_retries
 
 log = logging.getLogger(__name__)
 
@@ -307,6 +307,8 @@ async def _upstream_error_response(
 def _transport_error(exc: BaseException) -> tuple[int, dict]:
     if isinstance(exc, asyncio.TimeoutError):
         return 504, error_body(504, "upstream timed out", "upstream_timeout")
+    if isinstance(exc, AnswerTooLarge):
+        return 502, error_body(502, str(exc), "upstream_answer_too_large")
     return 502, error_body(
         502, f"upstream unreachable: {exc.__class__.__name__}", "upstream_unreachable"
     )

@@ -82,12 +82,30 @@ async def call(
     if stream and upstream.status == 200:
         return Attempt(200, stream=upstream)
     try:
-        raw = await upstream.read()
-    except (TimeoutError, aiohttp.ClientError) as exc:
+        raw = await _read(upstream, gateway.config.service.max_response_body_bytes)
+    except (TimeoutError, aiohttp.ClientError, AnswerTooLarge) as exc:
         return Attempt(0, error=exc)
     finally:
         upstream.release()
     return Attempt(upstream.status, raw, upstream.headers.get("Retry-After"))
+
+
+class AnswerTooLarge(Exception):
+    """The upstream's answer is longer than max_response_body_bytes."""
+
+
+async def _read(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole answer, refusing more than ``limit`` bytes (aiohttp's read() has no
+    bound: an upstream sending without end would grow the worker until it is killed)."""
+    if upstream.content_length is not None and upstream.content_length > limit:
+        raise AnswerTooLarge(f"upstream answer exceeds {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in upstream.content.iter_chunked(1 << 20):
+        size += len(chunk)
+        if size > limit:
+            raise AnswerTooLarge(f"upstream answer exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def wait_before_retry(attempt: Attempt, retries_so_far: int, settings: RouterSettings) -> float:
