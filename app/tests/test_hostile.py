@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import resource
+import signal
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -294,6 +295,27 @@ def test_a_slow_body_is_timed_out(start_gateway, pg_cluster, database):
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert b'"code":"timeout"' in answer
     assert_log_goes_on(gw, pg_cluster, database)
+
+
+def test_a_body_still_arriving_does_not_hold_up_a_stop(start_gateway, pg_cluster, database):
+    """A restart must not wait for the body timeout of a slow (or slowloris) client: the
+    request is answered 503 at once and the process stops."""
+    gw = start_gateway(pg_cluster.url(database))  # body timeout: 30 s
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n"
+            b"Authorization: Bearer " + MASTER_KEY.encode() + b"\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"model"'
+        )
+        time.sleep(0.3)
+        started = time.monotonic()
+        gw.proc.send_signal(signal.SIGTERM)
+        answer = sock.recv(4096)
+        gw.proc.wait(40)
+        assert time.monotonic() - started < 5
+    assert answer.startswith(b"HTTP/1.1 503 ")
+    assert b'"code":"gateway_shutdown"' in answer
+    assert '"event":"shutdown"' in gw.stderr()
 
 
 # ---- header limits ------------------------------------------------------------------------

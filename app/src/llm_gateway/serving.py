@@ -123,6 +123,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm_send()
         super().connection_lost(exc)
 
+    def shutdown(self) -> None:
+        """The server is stopping. A request whose body is still on its way would hold the
+        stop until the body timeout (a slow client, or a slowloris, delaying every restart
+        by that long): it is answered now, 503, as nothing of it reached the upstream."""
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and not cycle.response_started:
+            message = "the gateway is restarting; send the request again"
+            self._answer_and_close(503, message, "gateway_shutdown")
+            return
+        super().shutdown()
+
     # ---- a client that stops reading -----------------------------------------------
     def pause_writing(self) -> None:
         """The transport's buffer is full: the client reads slower than we answer. Without
