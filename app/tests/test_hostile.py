@@ -153,6 +153,19 @@ def test_an_upstream_answer_over_the_limit_is_a_logged_502(start_gateway, pg_clu
     assert_log_goes_on(gw, pg_cluster, database)
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_upstream_redirect_is_not_followed(gateway, pg_cluster, stream):
+    """A redirecting upstream would get the prompt and the provider's key headers sent
+    wherever it points (another host, an internal address): it is a 502, logged."""
+    body = {**CHAT_BODY, "model": "redirecting", "stream": stream}
+    reply = gateway.call("POST", "/v1/chat/completions", body)
+    assert reply.status == 502
+    assert reply.json()["error"]["code"] == "upstream_http_307"
+    logged = row(gateway, pg_cluster, gateway.database, reply.headers["x-request-id"])
+    assert logged["status"] == 502
+    assert_log_goes_on(gateway, pg_cluster, gateway.database)
+
+
 # ---- poison in the spool and at shutdown ------------------------------------------------
 
 

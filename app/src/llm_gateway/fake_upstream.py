@@ -38,6 +38,8 @@ Per-request controls, for tests
     model "fake-context-exceeded" 400 with OpenAI's context_length_exceeded error
     model "fake-endless"          streamed: deltas without end, as fast as they are read
                                   (a provider stuck in a loop)
+    model "fake-redirect"         307 to the same endpoint with ?redirected=1, which
+                                  answers as usual (a proxy or host that redirects)
     "tools" in the request        the answer calls the first tool with {"text": <last
                                   user message>} (tool_calls; streamed in fragments)
     model "fake-encoded-<coding>" answer (plain or streamed) in that content coding
@@ -84,6 +86,7 @@ NUMBER_PARAMETERS = ("temperature", "top_p", "presence_penalty", "frequency_pena
 REFUSAL_MODEL = "fake-refusal"
 CONTEXT_EXCEEDED_MODEL = "fake-context-exceeded"
 ENDLESS_MODEL = "fake-endless"
+REDIRECT_MODEL = "fake-redirect"
 CONTEXT_EXCEEDED = "context_length_exceeded"  # OpenAI's error code
 REFUSAL = "I'm sorry, but I can't help with that request."
 # Streamed tool-call arguments arrive in fragments of this many characters.
@@ -309,6 +312,10 @@ async def admit(request: web.Request, required: str) -> tuple[dict, web.Response
     # Zero latency skips the sleep entirely: even sleep(0) costs a loop iteration.
     if delay > 0:
         await asyncio.sleep(delay)
+    if model == REDIRECT_MODEL and "redirected" not in request.query:
+        return payload, web.Response(
+            status=307, headers={"Location": f"{request.path}?redirected=1"}
+        )
     if model == CONTEXT_EXCEEDED_MODEL:
         message = "This model's maximum context length is 16 tokens. Please reduce the length."
         return payload, error_response(400, message, param="messages", code=CONTEXT_EXCEEDED)

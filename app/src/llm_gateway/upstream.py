@@ -76,6 +76,10 @@ async def call(
             data=orjson.dumps({**payload, "model": deployment.upstream_model}),
             headers=upstream_headers(deployment),
             timeout=gateway.timeout_for(deployment, stream),
+            # An API does not redirect a POST; following one would send the prompt and the
+            # key headers (Azure's api-key survives aiohttp's cross-host stripping)
+            # wherever the answer points. It is an upstream error (502) instead.
+            allow_redirects=False,
         )
     except (TimeoutError, aiohttp.ClientError) as exc:
         return Attempt(0, error=exc)
