@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -120,6 +121,47 @@ def test_sigterm_drains_the_queue(start_gateway, pg_cluster, database):
     gw.stop()
     assert '"event":"shutdown"' in gw.stderr()
     assert all_stored_once(pg_cluster, database, ids)
+
+
+def test_a_stop_while_the_database_hangs_spools_every_answered_exchange(
+    start_gateway, pg_cluster, database, tmp_path
+):
+    """A database that stops answering (here: a lock held on the table) hangs the writer
+    thread in its INSERT. A stop must still put every answered exchange on disk within
+    its drain time, not wait for that thread until the worker is killed."""
+    gw = start_gateway(
+        pg_cluster.url(database),
+        workdir=tmp_path,
+        extra_env={"GATEWAY_HTTP_SHUTDOWN_DRAIN_S": "2"},  # the drain waits 1.6 s
+    )
+    first = chat_many(gw, 1)
+    wait_until(lambda: all_stored_once(pg_cluster, database, first))
+    locker = pg_cluster.connect(database)
+    try:
+        with locker.cursor() as cur:
+            cur.execute("BEGIN; LOCK TABLE requests IN ACCESS EXCLUSIVE MODE")
+        ids = chat_many(gw, 20)
+        gw.proc.send_signal(signal.SIGTERM)
+
+        def spooled_ids() -> set[str]:
+            lines = [
+                line
+                for path in (tmp_path / "spool").glob("*.jsonl")
+                if not path.name.startswith("rejected-")
+                for line in path.read_bytes().splitlines()
+            ]
+            return {json.loads(line)["request_id"] for line in lines}
+
+        # On disk while the database still hangs.
+        wait_until(lambda: set(ids) <= spooled_ids(), timeout=10)
+    finally:
+        with locker.cursor() as cur:
+            cur.execute("ROLLBACK")
+        locker.close()
+    gw.proc.wait(30)
+    second = start_gateway(pg_cluster.url(database), workdir=tmp_path)
+    wait_until(lambda: all_stored_once(pg_cluster, database, first + ids))
+    assert second.call("GET", "/api/health", key=None).status == 200
 
 
 def test_spool_left_at_shutdown_is_replayed_by_the_next_process(

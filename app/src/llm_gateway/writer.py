@@ -306,21 +306,30 @@ class ExchangeWriter:
         self._stopping = True
         if self._watchdog is not None:
             self._watchdog.cancel()
+        stuck = False
         if self._task is not None:
             try:
                 await asyncio.wait_for(self._task, timeout)
             except TimeoutError:
                 log.error("writer: drain did not finish in %.0f s; spooling the rest", timeout)
+                stuck = True
             except Exception:
                 log.exception("writer: failed while draining; spooling the rest")
         remaining = self._in_flight
         self._in_flight = []
         while not self.queue.empty():
             remaining.append(self.queue.get_nowait())
-        loop = asyncio.get_running_loop()
+        if stuck:
+            # The writer thread may hang in a database call (a server that stopped
+            # answering, a lock): spooling through it would wait for it until the worker
+            # is killed, with these exchanges in memory. The spool takes them from here.
+            # Re-spooling a batch the thread may still commit is harmless: replays are
+            # idempotent on request_id.
+            self._spool(remaining)
+            self._executor.shutdown(wait=False)
+            return
         if remaining:
-            # Re-spooling a batch the thread may still be committing is harmless: replays
-            # are idempotent on request_id.
+            loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._executor, self._spool, remaining)
         self._executor.submit(self._close_conn)
         self._executor.shutdown(wait=True)
