@@ -283,6 +283,7 @@ def gateway_config(upstreams: Upstreams, router_settings: dict | None = None, **
             entry("slow-ok", "fake-model", upstreams.slow.api_base),
             entry("nested", "fake-nested-300", upstreams.fast.api_base),
             entry("refusal", "fake-refusal", upstreams.fast.api_base),
+            entry("stream-error", "fake-stream-error", upstreams.fast.api_base),
             # One deployment fails, one answers: retries and cooldowns.
             entry("flaky", "fake-error-503", upstreams.fast.api_base),
             entry("flaky", "fake-model", upstreams.fast.api_base),

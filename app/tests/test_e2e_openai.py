@@ -1,5 +1,7 @@
 """A new user's view: the official openai client, plain and streaming, then the rows."""
 
+from functools import partial
+
 import openai
 import pytest
 
@@ -133,6 +135,51 @@ def logged_row(gateway, pg_cluster, request_id):
     keys = ("route", "model", "status", "body", "prompt", "completion", "total", "cost")
     row = wait_until(lambda: query(pg_cluster, gateway.database, sql, (request_id,)))[0]
     return dict(zip(keys, row, strict=True))
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_an_error_mid_stream_reaches_the_client_and_is_logged(
+    client, gateway, pg_cluster, include_usage
+):
+    """A model that fails after the 200 went out ends the stream with
+    data: {"error": ...} (no [DONE]); the SDK raises it. The client must get it whether
+    or not it asked for usage, and the row must say the answer failed: 502 with the
+    upstream's error and the text sent before it."""
+    options = {"stream_options": {"include_usage": True}} if include_usage else {}
+    with client.chat.completions.with_streaming_response.create(
+        model="stream-error", messages=MESSAGES, stream=True, **options
+    ) as response:
+        request_id = response.headers["x-request-id"]
+        received = []
+        with pytest.raises(openai.APIError, match="server had an error"):
+            for chunk in response.parse():
+                received += [c.delta.content or "" for c in chunk.choices]
+    row = logged_row(gateway, pg_cluster, request_id)
+    assert row["status"] == 502
+    assert row["body"]["error"]["type"] == "server_error"
+    logged_text = row["body"]["choices"][0]["message"]["content"]
+    assert logged_text == "".join(received) == "Fake reply: tell"
+
+
+@pytest.mark.parametrize("endpoint", ["completions", "responses"])
+def test_an_error_mid_stream_of_the_other_endpoints_is_logged(
+    client, gateway, pg_cluster, endpoint
+):
+    if endpoint == "completions":
+        create = partial(client.completions.with_streaming_response.create, prompt="say this")
+    else:
+        create = partial(client.responses.with_streaming_response.create, input="answer me")
+    with create(model="stream-error", stream=True) as response:
+        request_id = response.headers["x-request-id"]
+        try:
+            events = list(response.parse())
+        except openai.APIError:
+            events = ["raised"]
+    # Legacy completions raise like chat; the Responses API's error is a typed event.
+    assert getattr(events[-1], "type", events[-1]) in ("raised", "error")
+    row = logged_row(gateway, pg_cluster, request_id)
+    assert row["status"] == 502
+    assert "server had an error" in row["body"]["error"]["message"]
 
 
 def test_embeddings_via_openai_client(client, gateway, pg_cluster):

@@ -11,6 +11,9 @@ import uuid
 from aiohttp import web
 
 from llm_gateway.fake_upstream import (
+    DELTAS_BEFORE_ERROR,
+    STREAM_ERROR,
+    STREAM_ERROR_MODEL,
     EventStream,
     admit,
     count_tokens,
@@ -80,7 +83,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
             "created": int(time.time()), "model": model}  # fmt: skip
     if payload.get("stream") is True:
         stream = EventStream(request, model)
-        for piece in pieces:
+        for sent, piece in enumerate(pieces):
+            if model == STREAM_ERROR_MODEL and sent == DELTAS_BEFORE_ERROR:
+                return await stream.fail()
             choice = {"text": piece, "index": 0, "logprobs": None, "finish_reason": None}
             await stream.send({**base, "choices": [choice]})
         last = {"text": "", "index": 0, "logprobs": None, "finish_reason": "stop"}
@@ -142,7 +147,12 @@ async def responses(request: web.Request) -> web.StreamResponse:
     part = {"type": "output_text", "text": "", "annotations": []}
     await send("response.content_part.added", item_id=item["id"], output_index=0,
                content_index=0, part=part)  # fmt: skip
-    for piece in pieces:
+    for sent, piece in enumerate(pieces):
+        if model == STREAM_ERROR_MODEL and sent == DELTAS_BEFORE_ERROR:
+            # The Responses API's error event: its fields at the top level.
+            fields = {k: v for k, v in STREAM_ERROR.items() if k != "type"}
+            await send("error", **{**fields, "code": STREAM_ERROR["type"]})
+            return await stream.close()
         await send("response.output_text.delta", item_id=item["id"], output_index=0,
                    content_index=0, delta=piece)  # fmt: skip
     await send("response.output_text.done", item_id=item["id"], output_index=0,

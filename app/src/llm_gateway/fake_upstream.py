@@ -36,6 +36,9 @@ Per-request controls, for tests
                                   answer (a misbehaving provider; at most 1000)
     model "fake-refusal"          the model refuses (message.refusal, streamed as deltas)
     model "fake-context-exceeded" 400 with OpenAI's context_length_exceeded error
+    model "fake-stream-error"     a stream fails after its first deltas as OpenAI's do: an
+                                  error event (chat, completions: data: {"error": ...};
+                                  Responses API: an "error" event), then the end, no [DONE]
     "tools" in the request        the answer calls the first tool with {"text": <last
                                   user message>} (tool_calls; streamed in fragments)
     model "fake-encoded-<coding>" answer (plain or streamed) in that content coding
@@ -81,6 +84,16 @@ NUMBER_PARAMETERS = ("temperature", "top_p", "presence_penalty", "frequency_pena
 REFUSAL_MODEL = "fake-refusal"
 CONTEXT_EXCEEDED_MODEL = "fake-context-exceeded"
 CONTEXT_EXCEEDED = "context_length_exceeded"  # OpenAI's error code
+STREAM_ERROR_MODEL = "fake-stream-error"
+# Text deltas a failing stream sends before its error event.
+DELTAS_BEFORE_ERROR = 1
+# What OpenAI sends mid-stream when the model fails after the 200 went out.
+STREAM_ERROR = {
+    "message": "The server had an error while processing your request. Sorry about that!",
+    "type": "server_error",
+    "param": None,
+    "code": None,
+}
 REFUSAL = "I'm sorry, but I can't help with that request."
 # Streamed tool-call arguments arrive in fragments of this many characters.
 ARGUMENT_FRAGMENT = 8
@@ -461,6 +474,11 @@ class EventStream:
     async def _write(self, data: bytes) -> None:
         await self.response.write(self.encoder.encode(data) if self.encoder else data)
 
+    async def fail(self) -> web.StreamResponse:
+        """End the stream as OpenAI does when the model fails mid-answer."""
+        await self.send({"error": STREAM_ERROR})
+        return await self.close()
+
     async def close(self) -> web.StreamResponse:
         if self.encoder is not None:
             await self.response.write(self.encoder.finish())
@@ -484,7 +502,9 @@ async def stream_completion(
 
     # OpenAI opens with the role, then the deltas, then an empty delta carrying
     # finish_reason, then (when asked for) a usage-only chunk.
-    for delta in answer.deltas:
+    for sent, delta in enumerate(answer.deltas):
+        if model == STREAM_ERROR_MODEL and sent == 1 + DELTAS_BEFORE_ERROR:  # role first
+            return await stream.fail()
         await send([{"index": 0, "delta": delta, "finish_reason": None}])
     await send([{"index": 0, "delta": {}, "finish_reason": answer.finish_reason}])
     if usage is not None:

@@ -366,6 +366,15 @@ def _client_left(request: Request) -> bool:
     return False
 
 
+def _usage_only(chunk: dict) -> bool:
+    """The chunk include_usage adds at the end: usage and empty choices. The gateway
+    always asks for it; clients that did not are not sent it (they may index
+    choices[0]). Any other chunk without choices (an error, Azure's content-filter
+    chunk) is relayed as it came."""
+    usage = chunk.get("usage")
+    return isinstance(usage, dict) and not chunk.get("choices") and "error" not in chunk
+
+
 async def _wait_for_disconnect(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
@@ -407,9 +416,7 @@ async def _relay(
                         continue
                     if isinstance(chunk, dict):
                         stream_log.feed(chunk)
-                        # We added include_usage; hide the usage-only chunk from clients
-                        # that did not ask for it (they may index choices[0]).
-                        if not client_wants_usage and not chunk.get("choices"):
+                        if not client_wants_usage and _usage_only(chunk):
                             relay = False
             if relay:
                 yield b"".join(event) + b"\n"
@@ -435,6 +442,11 @@ async def _relay(
         body = stream_log.body()
         if error is not None:
             body["error"] = error["error"]
+        elif stream_log.error is not None:
+            # The upstream answered 200, then reported its model failed: the client's SDK
+            # raises it, so the row says so too (502, as an upstream 5xx would be).
+            status = 502
+            body["error"] = stream_log.error
         elif not complete:
             # The client went away mid-stream (499, nginx's convention); log what was sent.
             status = 499

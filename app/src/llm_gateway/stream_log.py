@@ -21,6 +21,21 @@ def _is_index(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def _upstream_error(event: dict) -> dict | None:
+    """The error a provider reports inside a stream it already answered with 200: OpenAI
+    sends ``data: {"error": {...}}`` (chat, completions), the Responses API an ``error``
+    event with the fields at the top level, or ``response.failed`` with ``error``."""
+    if isinstance(event.get("error"), dict):
+        return event["error"]
+    kind = event.get("type")
+    if kind == "error":
+        return {k: event.get(k) for k in ("message", "type", "param", "code")}
+    if kind == "response.failed" and isinstance(event.get("response"), dict):
+        error = event["response"].get("error")
+        return error if isinstance(error, dict) else {"message": "response failed"}
+    return None
+
+
 @dataclass
 class _ToolCall:
     id: str | None = None
@@ -103,10 +118,13 @@ class _ChoicesStreamLog:
     def __init__(self) -> None:
         self.meta: dict[str, Any] = {}
         self.usage: dict | None = None
+        self.error: dict | None = None
         self.chunks = 0
 
     def feed(self, chunk: dict) -> None:
         self.chunks += 1
+        if "error" in chunk:
+            self.error = _upstream_error(chunk) or self.error
         if not self.meta:
             self.meta = {k: chunk.get(k) for k in ("id", "created", "model")}
         if isinstance(chunk.get("usage"), dict):
@@ -193,6 +211,7 @@ class ResponsesStreamLog:
     def __init__(self) -> None:
         self.final: dict[str, Any] | None = None
         self.text: list[str] = []
+        self.error: dict | None = None
         self.chunks = 0
 
     @property
@@ -211,6 +230,8 @@ class ResponsesStreamLog:
             self.text.append(event["delta"])
         elif kind in _RESPONSE_TERMINAL_EVENTS and isinstance(event.get("response"), dict):
             self.final = event["response"]
+        if kind in ("error", "response.failed"):
+            self.error = _upstream_error(event)
 
     def body(self) -> dict[str, Any]:
         if self.final is not None:
