@@ -32,6 +32,9 @@ from helpers import http_call
 MASTER_KEY = "sk-test-master"
 TEAM_KEY = "sk-test-team"
 PROVIDER_KEY_ENV = "TEST_PROVIDER_KEY"
+# The "long" model's reply: its streamed response.completed event is one SSE line longer
+# than aiohttp's default line limit (twice its 256 KiB read buffer).
+LONG_REPLY_CHARS = 700_000
 # Roles in this group must give their password over TCP; every other role is trusted.
 PASSWORD_GROUP = "password_login"
 # libpq's variables name a database too: each test names its own, so none may leak in
@@ -284,6 +287,7 @@ def gateway_config(upstreams: Upstreams, router_settings: dict | None = None, **
             entry("nested", "fake-nested-300", upstreams.fast.api_base),
             entry("refusal", "fake-refusal", upstreams.fast.api_base),
             entry("stream-error", "fake-stream-error", upstreams.fast.api_base),
+            entry("long", f"fake-long-{LONG_REPLY_CHARS}", upstreams.fast.api_base),
             # One deployment fails, one answers: retries and cooldowns.
             entry("flaky", "fake-error-503", upstreams.fast.api_base),
             entry("flaky", "fake-model", upstreams.fast.api_base),

@@ -5,7 +5,7 @@ from functools import partial
 import openai
 import pytest
 
-from conftest import query
+from conftest import LONG_REPLY_CHARS, query
 from helpers import wait_until
 
 MESSAGES = [{"role": "user", "content": "tell me something"}]
@@ -231,6 +231,22 @@ def test_responses_api_via_openai_client(client, gateway, pg_cluster, stream):
     assert row["body"]["output"][0]["content"][0]["text"] == text
     # input_tokens / output_tokens land in the same columns as chat's counts.
     assert (row["prompt"], row["completion"], row["total"]) == (2, 4, 6)
+
+
+def test_a_long_responses_stream_is_relayed_and_logged_whole(client, gateway, pg_cluster):
+    """A long answer's response.completed event (and output_text.done) carries the whole
+    text on one SSE line; that line may be longer than any buffer, as the answer may."""
+    with client.responses.with_streaming_response.create(
+        model="long", input="answer me", stream=True
+    ) as response:
+        request_id = response.headers["x-request-id"]
+        events = list(response.parse())
+    assert events[-1].type == "response.completed"
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert len(text) == LONG_REPLY_CHARS
+    row = logged_row(gateway, pg_cluster, request_id)
+    assert row["status"] == 200
+    assert row["body"]["output"][0]["content"][0]["text"] == text
 
 
 def test_an_unknown_route_is_a_json_404(gateway):

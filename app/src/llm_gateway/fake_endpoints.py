@@ -12,6 +12,8 @@ from aiohttp import web
 
 from llm_gateway.fake_upstream import (
     DELTAS_BEFORE_ERROR,
+    LONG_MODEL_PREFIX,
+    MAX_LONG_CHARS,
     STREAM_ERROR,
     STREAM_ERROR_MODEL,
     EventStream,
@@ -25,6 +27,7 @@ from llm_gateway.fake_upstream import (
 
 EMBEDDING_DIMENSIONS = 8
 WORDS_PER_DELTA = 3
+LONG_DELTA = 65536
 
 
 def _texts(value: object) -> list[str]:
@@ -43,6 +46,13 @@ def _reply_pieces(text: str) -> list[str]:
         (" " if start else "") + " ".join(words[start : start + WORDS_PER_DELTA])
         for start in range(0, len(words), WORDS_PER_DELTA)
     ]
+
+
+def _long_reply_pieces(length_text: str) -> list[str]:
+    """A reply of the asked length (fake-long-<chars>), in deltas of LONG_DELTA chars."""
+    length = min(int(length_text), MAX_LONG_CHARS) if length_text.isdigit() else 0
+    text = ("Fake reply, long. " * (length // 18 + 1))[:length]
+    return [text[start : start + LONG_DELTA] for start in range(0, length, LONG_DELTA)]
 
 
 def _usage(prompt: int, completion: int, responses_api: bool = False) -> dict:
@@ -129,6 +139,8 @@ async def responses(request: web.Request) -> web.StreamResponse:
     model = payload["model"]
     texts = _texts(payload["input"])
     pieces = _reply_pieces(texts[-1] if texts else "")
+    if model.startswith(LONG_MODEL_PREFIX):
+        pieces = _long_reply_pieces(model.removeprefix(LONG_MODEL_PREFIX))
     text = "".join(pieces)
     usage = _usage(sum(count_tokens(t) for t in texts), count_tokens(text), responses_api=True)
     response_id = f"resp_{uuid.uuid4().hex}"

@@ -39,6 +39,9 @@ Per-request controls, for tests
     model "fake-stream-error"     a stream fails after its first deltas as OpenAI's do: an
                                   error event (chat, completions: data: {"error": ...};
                                   Responses API: an "error" event), then the end, no [DONE]
+    model "fake-long-<chars>"     (Responses API) a reply that many characters long, so
+                                  a streamed answer's response.completed event is one
+                                  very long line, as a long answer's is
     "tools" in the request        the answer calls the first tool with {"text": <last
                                   user message>} (tool_calls; streamed in fragments)
     model "fake-encoded-<coding>" answer (plain or streamed) in that content coding
@@ -85,6 +88,8 @@ REFUSAL_MODEL = "fake-refusal"
 CONTEXT_EXCEEDED_MODEL = "fake-context-exceeded"
 CONTEXT_EXCEEDED = "context_length_exceeded"  # OpenAI's error code
 STREAM_ERROR_MODEL = "fake-stream-error"
+LONG_MODEL_PREFIX = "fake-long-"
+MAX_LONG_CHARS = 16 * 2**20
 # Text deltas a failing stream sends before its error event.
 DELTAS_BEFORE_ERROR = 1
 # What OpenAI sends mid-stream when the model fails after the 200 went out.

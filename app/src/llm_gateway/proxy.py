@@ -346,6 +346,13 @@ async def _stream(gateway: Gateway, ex: Exchange) -> Response:
     )
 
 
+# One SSE line of an upstream stream may hold a whole answer: the Responses API's
+# response.completed (and output_text.done) event carries all the output text, the
+# instructions and the tools on one line. aiohttp's own limit (twice its 256 KiB read
+# buffer) would cut a long answer's stream at its end; this bounds only what one line
+# may hold in memory.
+MAX_SSE_LINE_BYTES = 64 * 2**20
+
 _CLIENT_LEFT = error_body(499, "client closed the connection", "client_disconnected")
 
 
@@ -395,7 +402,7 @@ async def _relay(
     # channel says the client left, so watch it to stop relaying and log a 499.
     client_gone = asyncio.create_task(_wait_for_disconnect(ex.request))
     try:
-        async for line in upstream.content:
+        while line := await upstream.content.readline(max_line_length=MAX_SSE_LINE_BYTES):
             if client_gone.done():
                 break
             if line.strip():
