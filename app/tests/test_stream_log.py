@@ -47,6 +47,20 @@ def test_parallel_tool_calls_in_several_choices_with_reasoning():
     assert body["usage"]["total_tokens"] == 7 and body["chunks"] == 9
 
 
+def test_the_answer_is_named_by_its_chunks_not_by_azures_content_filter_chunk():
+    log = StreamLog()
+    # Azure OpenAI opens a stream with the prompt's filter results, nameless.
+    log.feed({"id": "", "created": 0, "model": "", "object": "", "choices": [],
+              "prompt_filter_results": [{"prompt_index": 0}]})  # fmt: skip
+    log.feed(chunk(delta(role="assistant", content="Hi"), system_fingerprint="fp_1",
+                   service_tier="default"))  # fmt: skip
+    log.feed(chunk(delta(finish_reason="stop"), id="chatcmpl-other"))
+    body = log.body()
+    assert (body["id"], body["created"], body["model"]) == ("chatcmpl-1", 1, "m")
+    assert (body["system_fingerprint"], body["service_tier"]) == ("fp_1", "default")
+    assert body["choices"][0]["message"]["content"] == "Hi"
+
+
 def test_legacy_function_call_is_joined():
     log = StreamLog()
     log.feed(chunk(delta(role="assistant", function_call={"name": "f", "arguments": ""})))

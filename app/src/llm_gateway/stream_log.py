@@ -109,6 +109,11 @@ class _Choice:
         return message
 
 
+# What identifies a chat or completion answer, as its unstreamed form has it.
+_NAMES = ("id", "created", "model")  # always in the log, null when not sent
+_META_FIELDS = (*_NAMES, "system_fingerprint", "service_tier")
+
+
 class _ChoicesStreamLog:
     """Streams of chunks with ``choices`` (chat and legacy completions); they end with
     [DONE], which the relay sees itself."""
@@ -125,8 +130,10 @@ class _ChoicesStreamLog:
         self.chunks += 1
         if "error" in chunk:
             self.error = _upstream_error(chunk) or self.error
-        if not self.meta:
-            self.meta = {k: chunk.get(k) for k in ("id", "created", "model")}
+        if not self.meta.get("id"):
+            # From the first chunk that names the answer: Azure opens with a
+            # content-filter chunk whose id and model are empty.
+            self.meta = {k: chunk.get(k) for k in _META_FIELDS if k in chunk or k in _NAMES}
         if isinstance(chunk.get("usage"), dict):
             self.usage = chunk["usage"]
         choices = chunk.get("choices")
