@@ -173,7 +173,8 @@ def error_response(
 
 def injected_error(status: int) -> web.Response:
     # A real provider's 429 says when to come back; clients and gateways look for it.
-    headers = {"Retry-After": "1"} if status == 429 else None
+    # OpenAI and Azure send it in milliseconds too (the openai SDK reads that first).
+    headers = {"Retry-After": "1", "retry-after-ms": "600"} if status == 429 else None
     return error_response(status, f"fake upstream: injected error {status}", headers)
 
 

@@ -274,11 +274,15 @@ def _map_upstream_error(status: int, raw: bytes) -> tuple[int, dict]:
 
 
 async def _upstream_error_response(
-    gateway: Gateway, ex: Exchange, status: int, body: dict, retry_after: str | None
+    gateway: Gateway, ex: Exchange, status: int, body: dict, attempt: Attempt
 ) -> Response:
     headers = await _log(gateway, ex, status, body, None)
-    if retry_after and status == 429:
-        headers["Retry-After"] = retry_after  # clients (the openai SDK too) honour it
+    if status == 429:
+        # Clients (the openai SDK too) honour them, retry-after-ms first.
+        if attempt.retry_after:
+            headers["Retry-After"] = attempt.retry_after
+        if attempt.retry_after_ms:
+            headers["retry-after-ms"] = attempt.retry_after_ms
     return _json_response(status, body, headers)
 
 
@@ -302,7 +306,7 @@ async def _answer_failure(gateway: Gateway, ex: Exchange, attempt: Attempt) -> R
         status, body = _transport_error(attempt.error)
         return _json_response(status, body, await _log(gateway, ex, status, body, None))
     status, body = _map_upstream_error(attempt.status, attempt.raw)
-    return await _upstream_error_response(gateway, ex, status, body, attempt.retry_after)
+    return await _upstream_error_response(gateway, ex, status, body, attempt)
 
 
 async def _forward(gateway: Gateway, ex: Exchange) -> Response:
