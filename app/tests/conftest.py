@@ -287,6 +287,7 @@ def gateway_config(upstreams: Upstreams, router_settings: dict | None = None, **
             entry("nested", "fake-nested-300", upstreams.fast.api_base),
             entry("refusal", "fake-refusal", upstreams.fast.api_base),
             entry("stream-error", "fake-stream-error", upstreams.fast.api_base),
+            entry("stream-cut", "fake-stream-cut", upstreams.fast.api_base),
             entry("long", f"fake-long-{LONG_REPLY_CHARS}", upstreams.fast.api_base),
             # One deployment fails, one answers: retries and cooldowns.
             entry("flaky", "fake-error-503", upstreams.fast.api_base),

@@ -182,6 +182,31 @@ def test_an_error_mid_stream_of_the_other_endpoints_is_logged(
     assert "server had an error" in row["body"]["error"]["message"]
 
 
+@pytest.mark.parametrize("endpoint", ["chat", "completions", "responses"])
+def test_a_stream_that_ends_before_its_answer_does_is_an_error(
+    client, gateway, pg_cluster, endpoint
+):
+    """An upstream (or a proxy) that ends its HTTP body cleanly in the middle of an
+    answer: no finish_reason and no [DONE] (Responses API: no response.completed). The
+    SDK would end its loop as if the answer were whole; the gateway tells the client
+    and logs a 502, not a 200 with a cut answer."""
+    create = {
+        "chat": partial(client.chat.completions.with_streaming_response.create,
+                        messages=MESSAGES),
+        "completions": partial(client.completions.with_streaming_response.create,
+                               prompt="say this"),
+        "responses": partial(client.responses.with_streaming_response.create,
+                             input="answer me"),
+    }[endpoint]  # fmt: skip
+    with create(model="stream-cut", stream=True) as response:
+        request_id = response.headers["x-request-id"]
+        with pytest.raises(openai.APIError, match="ended before"):
+            list(response.parse())
+    row = logged_row(gateway, pg_cluster, request_id)
+    assert row["status"] == 502
+    assert row["body"]["error"]["code"] == "upstream_stream_incomplete"
+
+
 def test_embeddings_via_openai_client(client, gateway, pg_cluster):
     raw = client.embeddings.with_raw_response.create(model="gpt-test", input=["one two", "three"])
     embeddings = raw.parse()

@@ -1,6 +1,6 @@
 """A streamed answer is logged as the same answer would have been unstreamed."""
 
-from llm_gateway.stream_log import StreamLog
+from llm_gateway.stream_log import ResponsesStreamLog, StreamLog, TextCompletionStreamLog
 
 
 def chunk(*choices, **extra):
@@ -83,3 +83,24 @@ def test_malformed_parts_add_nothing_and_break_nothing():
         "name": None,
         "arguments": "",
     }
+
+
+def test_an_answer_is_whole_once_every_choice_has_finished():
+    """Some OpenAI-compatible servers end a stream without [DONE]; a finish_reason on
+    every choice still makes the answer whole (the relay logs 200, not a cut stream)."""
+    log = StreamLog()
+    log.feed(chunk(delta(role="assistant", content="Hi"), delta(index=1, content="Yo")))
+    log.feed(chunk(delta(finish_reason="stop")))
+    assert not log.answered  # choice 1 is still open
+    log.feed(chunk(delta(index=1, finish_reason="length")))
+    assert log.answered
+    text = TextCompletionStreamLog()
+    text.feed({"choices": [{"index": 0, "text": "a", "finish_reason": None}]})
+    assert not text.answered
+    text.feed({"choices": [{"index": 0, "text": "", "finish_reason": "stop"}]})
+    assert text.answered
+    responses = ResponsesStreamLog()
+    responses.feed({"type": "response.output_text.delta", "delta": "a"})
+    assert not responses.answered
+    responses.feed({"type": "response.completed", "response": {"status": "completed"}})
+    assert responses.answered

@@ -14,6 +14,7 @@ from llm_gateway.fake_upstream import (
     DELTAS_BEFORE_ERROR,
     LONG_MODEL_PREFIX,
     MAX_LONG_CHARS,
+    STREAM_CUT_MODEL,
     STREAM_ERROR,
     STREAM_ERROR_MODEL,
     EventStream,
@@ -96,6 +97,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
         for sent, piece in enumerate(pieces):
             if model == STREAM_ERROR_MODEL and sent == DELTAS_BEFORE_ERROR:
                 return await stream.fail()
+            if model == STREAM_CUT_MODEL and sent == DELTAS_BEFORE_ERROR:
+                return await stream.close()
             choice = {"text": piece, "index": 0, "logprobs": None, "finish_reason": None}
             await stream.send({**base, "choices": [choice]})
         last = {"text": "", "index": 0, "logprobs": None, "finish_reason": "stop"}
@@ -164,6 +167,8 @@ async def responses(request: web.Request) -> web.StreamResponse:
             # The Responses API's error event: its fields at the top level.
             fields = {k: v for k, v in STREAM_ERROR.items() if k != "type"}
             await send("error", **{**fields, "code": STREAM_ERROR["type"]})
+            return await stream.close()
+        if model == STREAM_CUT_MODEL and sent == DELTAS_BEFORE_ERROR:
             return await stream.close()
         await send("response.output_text.delta", item_id=item["id"], output_index=0,
                    content_index=0, delta=piece)  # fmt: skip

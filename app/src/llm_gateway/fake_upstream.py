@@ -39,6 +39,10 @@ Per-request controls, for tests
     model "fake-stream-error"     a stream fails after its first deltas as OpenAI's do: an
                                   error event (chat, completions: data: {"error": ...};
                                   Responses API: an "error" event), then the end, no [DONE]
+    model "fake-stream-cut"       a stream ends after its first deltas, its HTTP body
+                                  properly ended but the answer not: no finish_reason, no
+                                  [DONE], no response.completed (a provider or proxy that
+                                  gave up mid-answer)
     model "fake-long-<chars>"     (Responses API) a reply that many characters long, so
                                   a streamed answer's response.completed event is one
                                   very long line, as a long answer's is
@@ -88,6 +92,7 @@ REFUSAL_MODEL = "fake-refusal"
 CONTEXT_EXCEEDED_MODEL = "fake-context-exceeded"
 CONTEXT_EXCEEDED = "context_length_exceeded"  # OpenAI's error code
 STREAM_ERROR_MODEL = "fake-stream-error"
+STREAM_CUT_MODEL = "fake-stream-cut"
 LONG_MODEL_PREFIX = "fake-long-"
 MAX_LONG_CHARS = 16 * 2**20
 # Text deltas a failing stream sends before its error event.
@@ -509,8 +514,11 @@ async def stream_completion(
     # OpenAI opens with the role, then the deltas, then an empty delta carrying
     # finish_reason, then (when asked for) a usage-only chunk.
     for sent, delta in enumerate(answer.deltas):
-        if model == STREAM_ERROR_MODEL and sent == 1 + DELTAS_BEFORE_ERROR:  # role first
-            return await stream.fail()
+        if sent == 1 + DELTAS_BEFORE_ERROR:  # the role came first
+            if model == STREAM_ERROR_MODEL:
+                return await stream.fail()
+            if model == STREAM_CUT_MODEL:
+                return await stream.close()
         await send([{"index": 0, "delta": delta, "finish_reason": None}])
     await send([{"index": 0, "delta": {}, "finish_reason": answer.finish_reason}])
     if usage is not None:

@@ -377,6 +377,26 @@ def _client_left(request: Request) -> bool:
     return False
 
 
+def _read_event(event: list[bytes], stream_log: Any, client_wants_usage: bool) -> tuple[bool, bool]:
+    """Feed one SSE event's data to the stream log: (relay it?, was it [DONE]?)."""
+    relay, done = True, False
+    for part in event:
+        if part.startswith(b"data:"):
+            data = part[5:].strip()
+            if data == b"[DONE]":
+                done = True
+                continue
+            try:
+                chunk = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(chunk, dict):
+                stream_log.feed(chunk)
+                if not client_wants_usage and _usage_only(chunk):
+                    relay = False
+    return relay, done
+
+
 def _usage_only(chunk: dict) -> bool:
     """The chunk include_usage adds at the end: usage and empty choices. The gateway
     always asks for it; clients that did not are not sent it (they may index
@@ -401,7 +421,7 @@ async def _relay(
     # The upstream's answer is complete once its [DONE] has been passed on or its stream
     # ended: a client that closes right after reading [DONE] (the openai SDK does) has
     # its whole answer, so only leaving before that is a 499.
-    complete = False
+    complete = done = False
     # ASGI 2.4 servers drop writes to a closed connection silently; only the receive
     # channel says the client left, so watch it to stop relaying and log a 499.
     client_gone = asyncio.create_task(_wait_for_disconnect(ex.request))
@@ -414,29 +434,25 @@ async def _relay(
                 continue
             if not event:
                 continue
-            relay, done = True, False
-            for part in event:
-                if part.startswith(b"data:"):
-                    data = part[5:].strip()
-                    if data == b"[DONE]":
-                        done = True
-                        continue
-                    try:
-                        chunk = orjson.loads(data)
-                    except orjson.JSONDecodeError:
-                        continue
-                    if isinstance(chunk, dict):
-                        stream_log.feed(chunk)
-                        if not client_wants_usage and _usage_only(chunk):
-                            relay = False
+            relay, done_here = _read_event(event, stream_log, client_wants_usage)
             if relay:
                 yield b"".join(event) + b"\n"
+            done = done or done_here
             complete = complete or done or stream_log.finished
             event = []
         else:
-            if event:
-                yield b"".join(event) + b"\n\n"
+            if event:  # the last event, without the blank line that should end it
+                relay, done_here = _read_event(event, stream_log, client_wants_usage)
+                done = done or done_here
+                if relay:
+                    yield b"".join(event) + b"\n\n"
             complete = True
+            if not (done or stream_log.answered or stream_log.error):
+                # The body ended cleanly mid-answer. The SDK would take the cut answer
+                # for a whole one; an error event makes it raise, and the row says 502.
+                message = "upstream stream ended before the answer did"
+                status, error = 502, error_body(502, message, "upstream_stream_incomplete")
+                yield b"data: " + orjson.dumps(error) + b"\n\n"
     except (TimeoutError, aiohttp.ClientError) as exc:
         status, error = _transport_error(exc)
         yield b"data: " + orjson.dumps(error) + b"\n\n"

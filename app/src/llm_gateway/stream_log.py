@@ -144,6 +144,12 @@ class _ChoicesStreamLog:
     def _feed_choice(self, index: int, choice: dict) -> None:
         raise NotImplementedError
 
+    @property
+    def answered(self) -> bool:
+        """Every choice has its finish_reason: the answer is whole even if the stream
+        ends without [DONE] (some OpenAI-compatible servers leave it out)."""
+        raise NotImplementedError
+
     def _body(self, kind: str, choices: list[dict]) -> dict[str, Any]:
         return {**self.meta, "object": kind, "stream": True, "chunks": self.chunks,
                 "choices": choices, "usage": self.usage}  # fmt: skip
@@ -155,6 +161,10 @@ class StreamLog(_ChoicesStreamLog):
     def __init__(self) -> None:
         super().__init__()
         self.choices: dict[int, _Choice] = {}
+
+    @property
+    def answered(self) -> bool:
+        return bool(self.choices) and all(c.finish_reason for c in self.choices.values())
 
     def _feed_choice(self, index: int, choice: dict) -> None:
         delta = choice.get("delta")
@@ -184,6 +194,10 @@ class TextCompletionStreamLog(_ChoicesStreamLog):
         super().__init__()
         self.texts: dict[int, list[str]] = {}
         self.finish: dict[int, str] = {}
+
+    @property
+    def answered(self) -> bool:
+        return bool(self.finish) and set(self.texts) <= set(self.finish)
 
     def _feed_choice(self, index: int, choice: dict) -> None:
         if isinstance(choice.get("text"), str):
@@ -224,6 +238,8 @@ class ResponsesStreamLog:
     @property
     def finished(self) -> bool:
         return self.final is not None
+
+    answered = finished  # the terminal event carries the whole response
 
     @property
     def usage(self) -> dict | None:
