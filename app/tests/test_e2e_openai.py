@@ -207,6 +207,29 @@ def test_a_stream_that_ends_before_its_answer_does_is_an_error(
     assert row["body"]["error"]["code"] == "upstream_stream_incomplete"
 
 
+@pytest.mark.parametrize("newline", ["cr", "crlf"])
+def test_streams_with_any_sse_line_ending_are_read(client, gateway, pg_cluster, newline):
+    """SSE ends lines with LF, CRLF or a lone CR (the SDK reads all three); a CRLF may
+    be cut between two reads. The row must hold the answer and its usage."""
+    with client.chat.completions.with_streaming_response.create(
+        model=f"newline-{newline}", messages=MESSAGES, stream=True
+    ) as response:
+        request_id = response.headers["x-request-id"]
+        text = "".join(c.choices[0].delta.content or "" for c in response.parse() if c.choices)
+    assert text == "Fake reply: tell me something"
+    row = logged_row(gateway, pg_cluster, request_id)
+    assert (row["status"], row["total"]) == (200, 8)
+    assert row["body"]["choices"][0]["message"]["content"] == text
+    with client.responses.with_streaming_response.create(
+        model=f"newline-{newline}", input="answer me", stream=True
+    ) as response:
+        request_id = response.headers["x-request-id"]
+        events = list(response.parse())
+    assert events[-1].type == "response.completed"
+    row = logged_row(gateway, pg_cluster, request_id)
+    assert (row["status"], row["total"]) == (200, 6)
+
+
 def test_embeddings_via_openai_client(client, gateway, pg_cluster):
     raw = client.embeddings.with_raw_response.create(model="gpt-test", input=["one two", "three"])
     embeddings = raw.parse()

@@ -46,6 +46,9 @@ Per-request controls, for tests
     model "fake-long-<chars>"     (Responses API) a reply that many characters long, so
                                   a streamed answer's response.completed event is one
                                   very long line, as a long answer's is
+    model "fake-newline-<cr|crlf>" streams with that line ending (SSE allows LF, CRLF and a
+                                  lone CR); CRLF events are written in two writes cut
+                                  between CR and LF, as a reader may receive them
     "tools" in the request        the answer calls the first tool with {"text": <last
                                   user message>} (tool_calls; streamed in fragments)
     model "fake-encoded-<coding>" answer (plain or streamed) in that content coding
@@ -94,6 +97,8 @@ CONTEXT_EXCEEDED = "context_length_exceeded"  # OpenAI's error code
 STREAM_ERROR_MODEL = "fake-stream-error"
 STREAM_CUT_MODEL = "fake-stream-cut"
 LONG_MODEL_PREFIX = "fake-long-"
+NEWLINE_MODEL_PREFIX = "fake-newline-"
+NEWLINES = {"cr": b"\r", "crlf": b"\r\n"}
 MAX_LONG_CHARS = 16 * 2**20
 # Text deltas a failing stream sends before its error event.
 DELTAS_BEFORE_ERROR = 1
@@ -471,6 +476,7 @@ class EventStream:
             headers.update({"Content-Encoding": coding, "Vary": "Accept-Encoding"})
         self.response = web.StreamResponse(headers=headers)
         self.sent = 0
+        self.newline = NEWLINES.get(model.removeprefix(NEWLINE_MODEL_PREFIX), b"\n")
 
     async def send(self, data: dict | bytes, event: str | None = None) -> None:
         if self.sent == 0:
@@ -479,8 +485,13 @@ class EventStream:
             await asyncio.sleep(self.settings.chunk_delay_ms / 1000)
         self.sent += 1
         text = data if isinstance(data, bytes) else orjson.dumps(data)
-        line = (b"event: " + event.encode() + b"\n" if event else b"") + b"data: " + text
-        await self._write(line + b"\n\n")
+        nl = self.newline
+        line = (b"event: " + event.encode() + nl if event else b"") + b"data: " + text
+        if nl == b"\r\n":
+            await self._write(line + b"\r")
+            await self._write(b"\n\r\n")
+        else:
+            await self._write(line + nl + nl)
 
     async def _write(self, data: bytes) -> None:
         await self.response.write(self.encoder.encode(data) if self.encoder else data)

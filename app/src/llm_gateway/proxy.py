@@ -357,6 +357,44 @@ async def _stream(gateway: Gateway, ex: Exchange) -> Response:
 # may hold in memory.
 MAX_SSE_LINE_BYTES = 64 * 2**20
 
+
+class SSELineTooLong(Exception):
+    pass
+
+
+async def _sse_lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """The stream's lines, each with its line ending. SSE allows LF, CRLF and a lone CR
+    (the openai SDK reads all three); aiohttp's readline knows only LF. A CRLF cut
+    between two reads is one line ending: the LF starting the next read is dropped."""
+    unfinished: list[bytes] = []  # a line whose end has not arrived yet
+    size = 0
+    skip_lf = False
+    async for data in content.iter_any():
+        if skip_lf and data[:1] == b"\n":
+            data = data[1:]
+        if not data:
+            continue
+        lines = data.splitlines(keepends=True)  # bytes: only LF, CRLF and CR end lines
+        last = lines[-1]
+        skip_lf = last[-1:] == b"\r"
+        if unfinished:
+            unfinished.append(lines[0])
+            if len(lines) == 1 and not last.endswith((b"\n", b"\r")):
+                size += len(last)
+                if size > MAX_SSE_LINE_BYTES:
+                    raise SSELineTooLong(f"an SSE line over {MAX_SSE_LINE_BYTES} bytes")
+                continue
+            lines[0] = b"".join(unfinished)
+            unfinished, size = [], 0
+        if not last.endswith((b"\n", b"\r")):
+            unfinished.append(lines.pop())
+            size = len(unfinished[0])
+        for line in lines:
+            yield line
+    if unfinished:
+        yield b"".join(unfinished)
+
+
 _CLIENT_LEFT = error_body(499, "client closed the connection", "client_disconnected")
 
 
@@ -426,7 +464,7 @@ async def _relay(
     # channel says the client left, so watch it to stop relaying and log a 499.
     client_gone = asyncio.create_task(_wait_for_disconnect(ex.request))
     try:
-        while line := await upstream.content.readline(max_line_length=MAX_SSE_LINE_BYTES):
+        async for line in _sse_lines(upstream.content):
             if client_gone.done():
                 break
             if line.strip():
@@ -436,7 +474,9 @@ async def _relay(
                 continue
             relay, done_here = _read_event(event, stream_log, client_wants_usage)
             if relay:
-                yield b"".join(event) + b"\n"
+                # Ended by its own blank line: a LF added to a CR-ended line would
+                # make a CRLF, one line ending, and merge this event with the next.
+                yield b"".join(event) + line
             done = done or done_here
             complete = complete or done or stream_log.finished
             event = []
