@@ -1,5 +1,7 @@
 """A new user's view: the official openai client, plain and streaming, then the rows."""
 
+import base64
+import struct
 from functools import partial
 
 import openai
@@ -230,8 +232,14 @@ def test_streams_with_any_sse_line_ending_are_read(client, gateway, pg_cluster, 
     assert (row["status"], row["total"]) == (200, 6)
 
 
-def test_embeddings_via_openai_client(client, gateway, pg_cluster):
-    raw = client.embeddings.with_raw_response.create(model="gpt-test", input=["one two", "three"])
+@pytest.mark.parametrize("encoding_format", [None, "float"])
+def test_embeddings_via_openai_client(client, gateway, pg_cluster, encoding_format):
+    """Without encoding_format the SDK asks for base64 and decodes it; the row keeps the
+    upstream's answer as it came, the same vector."""
+    options = {"encoding_format": encoding_format} if encoding_format else {}
+    raw = client.embeddings.with_raw_response.create(
+        model="gpt-test", input=["one two", "three"], **options
+    )
     embeddings = raw.parse()
     assert [len(item.embedding) for item in embeddings.data] == [8, 8]
     row = logged_row(gateway, pg_cluster, raw.headers["x-request-id"])
@@ -239,7 +247,18 @@ def test_embeddings_via_openai_client(client, gateway, pg_cluster):
         "/v1/embeddings", 200, 3, 3)  # fmt: skip
     assert row["completion"] is None
     assert float(row["cost"]) == pytest.approx(3 * 0.000001)  # the input price only
-    assert row["body"]["data"][1]["embedding"] == embeddings.data[1].embedding
+    logged = row["body"]["data"][1]["embedding"]
+    if encoding_format is None:
+        assert body_of_request(gateway, pg_cluster, raw.headers["x-request-id"])[
+            "encoding_format"] == "base64"  # fmt: skip
+        packed = base64.b64decode(logged)
+        logged = list(struct.unpack(f"<{len(packed) // 4}f", packed))
+    assert logged == pytest.approx(embeddings.data[1].embedding)
+
+
+def body_of_request(gateway, pg_cluster, request_id):
+    sql = "SELECT body FROM requests WHERE request_id = %s"
+    return wait_until(lambda: query(pg_cluster, gateway.database, sql, (request_id,)))[0][0]
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -4,7 +4,9 @@ admission, delays, injected errors and compression as chat (fake_upstream.py).""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import struct
 import time
 import uuid
 
@@ -56,6 +58,11 @@ def _long_reply_pieces(length_text: str) -> list[str]:
     return [text[start : start + LONG_DELTA] for start in range(0, length, LONG_DELTA)]
 
 
+def _base64_floats(vector: list[float]) -> str:
+    """OpenAI's base64 embedding: the vector as little-endian float32, base64-encoded."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
 def _usage(prompt: int, completion: int, responses_api: bool = False) -> dict:
     if responses_api:
         return {"input_tokens": prompt, "output_tokens": completion,
@@ -71,11 +78,14 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     texts = _texts(payload["input"])
     if not texts:
         return error_response(400, "'input' must be a string or an array", param="input")
+    # The openai SDK asks for base64 unless told otherwise, and decodes it itself.
+    base64_wanted = payload.get("encoding_format") == "base64"
     data = []
     for index, text in enumerate(texts):
         digest = hashlib.sha256(text.encode()).digest()
         vector = [round(byte / 255 - 0.5, 6) for byte in digest[:EMBEDDING_DIMENSIONS]]
-        data.append({"object": "embedding", "index": index, "embedding": vector})
+        embedding = _base64_floats(vector) if base64_wanted else vector
+        data.append({"object": "embedding", "index": index, "embedding": embedding})
     tokens = sum(count_tokens(text) for text in texts)
     body = {"object": "list", "data": data, "model": payload["model"],
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}  # fmt: skip

@@ -49,6 +49,8 @@ Per-request controls, for tests
     model "fake-newline-<cr|crlf>" streams with that line ending (SSE allows LF, CRLF and a
                                   lone CR); CRLF events are written in two writes cut
                                   between CR and LF, as a reader may receive them
+    encoding_format "base64"      embeddings as OpenAI sends them then (the openai SDK's
+                                  default): little-endian float32, base64-encoded
     "tools" in the request        the answer calls the first tool with {"text": <last
                                   user message>} (tool_calls; streamed in fragments)
     model "fake-encoded-<coding>" answer (plain or streamed) in that content coding
