@@ -497,8 +497,8 @@ async def _relay(
         status, error = _transport_error(exc)
         yield b"data: " + orjson.dumps(error) + b"\n\n"
     except Exception as exc:
-        # E.g. a line longer than aiohttp's reader allows: the stream ends with an error
-        # event, and the log says 502, not a 200 with a cut answer.
+        # E.g. a line over MAX_SSE_LINE_BYTES: the stream ends with an error event, and
+        # the log says 502, not a 200 with a cut answer.
         log.exception("upstream stream failed (request %s)", ex.request_id)
         message = f"upstream stream could not be relayed: {exc.__class__.__name__}"
         status, error = 502, error_body(502, message, "upstream_bad_stream")
