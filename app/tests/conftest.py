@@ -288,6 +288,7 @@ def gateway_config(upstreams: Upstreams, router_settings: dict | None = None, **
             entry("refusal", "fake-refusal", upstreams.fast.api_base),
             entry("stream-error", "fake-stream-error", upstreams.fast.api_base),
             entry("stream-cut", "fake-stream-cut", upstreams.fast.api_base),
+            entry("stream-abort", "fake-stream-abort", upstreams.fast.api_base),
             *(
                 entry(f"newline-{n}", f"fake-newline-{n}", upstreams.fast.api_base)
                 for n in ("cr", "crlf")

@@ -209,6 +209,21 @@ def test_a_stream_that_ends_before_its_answer_does_is_an_error(
     assert row["body"]["error"]["code"] == "upstream_stream_incomplete"
 
 
+def test_a_stream_whose_upstream_dies_mid_answer_is_logged_as_broken(client, gateway, pg_cluster):
+    """The upstream was reached and answered; its connection broke mid-body. The row
+    (and the client's error) must say so, not that the upstream was unreachable."""
+    with client.chat.completions.with_streaming_response.create(
+        model="stream-abort", messages=MESSAGES, stream=True
+    ) as response:
+        request_id = response.headers["x-request-id"]
+        with pytest.raises(openai.APIError, match="broke off"):
+            list(response.parse())
+    row = logged_row(gateway, pg_cluster, request_id)
+    assert row["status"] == 502
+    assert row["body"]["error"]["code"] == "upstream_stream_broken"
+    assert row["body"]["choices"][0]["message"]["content"] == "Fake reply: tell"
+
+
 @pytest.mark.parametrize("newline", ["cr", "crlf"])
 def test_streams_with_any_sse_line_ending_are_read(client, gateway, pg_cluster, newline):
     """SSE ends lines with LF, CRLF or a lone CR (the SDK reads all three); a CRLF may

@@ -46,6 +46,9 @@ Per-request controls, for tests
     model "fake-long-<chars>"     (Responses API) a reply that many characters long, so
                                   a streamed answer's response.completed event is one
                                   very long line, as a long answer's is
+    model "fake-stream-abort"     a stream whose connection is torn down after its first
+                                  deltas (no end of the chunked body): a provider or proxy
+                                  that died mid-answer
     model "fake-newline-<cr|crlf>" streams with that line ending (SSE allows LF, CRLF and a
                                   lone CR); CRLF events are written in two writes cut
                                   between CR and LF, as a reader may receive them
@@ -98,6 +101,7 @@ CONTEXT_EXCEEDED_MODEL = "fake-context-exceeded"
 CONTEXT_EXCEEDED = "context_length_exceeded"  # OpenAI's error code
 STREAM_ERROR_MODEL = "fake-stream-error"
 STREAM_CUT_MODEL = "fake-stream-cut"
+STREAM_ABORT_MODEL = "fake-stream-abort"
 LONG_MODEL_PREFIX = "fake-long-"
 NEWLINE_MODEL_PREFIX = "fake-newline-"
 NEWLINES = {"cr": b"\r", "crlf": b"\r\n"}
@@ -503,6 +507,12 @@ class EventStream:
         await self.send({"error": STREAM_ERROR})
         return await self.close()
 
+    def abort(self) -> web.StreamResponse:
+        """Tear the connection down mid-body, as a dying process or proxy does."""
+        if self.request.transport is not None:
+            self.request.transport.abort()
+        return self.response
+
     async def close(self) -> web.StreamResponse:
         if self.encoder is not None:
             await self.response.write(self.encoder.finish())
@@ -532,6 +542,8 @@ async def stream_completion(
                 return await stream.fail()
             if model == STREAM_CUT_MODEL:
                 return await stream.close()
+            if model == STREAM_ABORT_MODEL:
+                return stream.abort()
         await send([{"index": 0, "delta": delta, "finish_reason": None}])
     await send([{"index": 0, "delta": {}, "finish_reason": answer.finish_reason}])
     if usage is not None:

@@ -294,6 +294,15 @@ def _transport_error(exc: BaseException) -> tuple[int, dict]:
     )
 
 
+def _stream_transport_error(exc: BaseException) -> tuple[int, dict]:
+    """The upstream answered 200, then its connection failed: it was reachable, so the
+    error says the stream broke off (or stalled), not that nobody answered."""
+    if isinstance(exc, asyncio.TimeoutError):
+        return 504, error_body(504, "upstream stream stalled (timed out)", "upstream_timeout")
+    message = f"upstream stream broke off: {exc.__class__.__name__}"
+    return 502, error_body(502, message, "upstream_stream_broken")
+
+
 async def _attempt(gateway: Gateway, ex: Exchange, payload: dict, stream: bool) -> Attempt:
     attempt, ex.deployment, ex.attempts = await call_with_retries(
         gateway, ex.model, ex.endpoint.upstream_path, payload, stream
@@ -494,7 +503,7 @@ async def _relay(
                 status, error = 502, error_body(502, message, "upstream_stream_incomplete")
                 yield b"data: " + orjson.dumps(error) + b"\n\n"
     except (TimeoutError, aiohttp.ClientError) as exc:
-        status, error = _transport_error(exc)
+        status, error = _stream_transport_error(exc)
         yield b"data: " + orjson.dumps(error) + b"\n\n"
     except Exception as exc:
         # E.g. a line over MAX_SSE_LINE_BYTES: the stream ends with an error event, and
