@@ -61,6 +61,18 @@ def test_the_answer_is_named_by_its_chunks_not_by_azures_content_filter_chunk():
     assert body["choices"][0]["message"]["content"] == "Hi"
 
 
+def test_openrouters_reasoning_field_is_joined_too():
+    """OpenRouter (and newer vLLM) stream the model's reasoning as delta.reasoning; the
+    unstreamed answer has it as message.reasoning, so the log must too."""
+    log = StreamLog()
+    log.feed(chunk(delta(role="assistant", content="", reasoning="Weigh")))
+    log.feed(chunk(delta(reasoning=" it.")))
+    log.feed(chunk(delta(content="42", finish_reason="stop")))
+    message = log.body()["choices"][0]["message"]
+    assert (message["reasoning"], message["content"]) == ("Weigh it.", "42")
+    assert "reasoning_content" not in message
+
+
 def test_legacy_function_call_is_joined():
     log = StreamLog()
     log.feed(chunk(delta(role="assistant", function_call={"name": "f", "arguments": ""})))

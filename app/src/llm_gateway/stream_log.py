@@ -3,7 +3,8 @@
 The log must hold the whole answer, not only its text: per choice the content, tool calls
 (id, type, function name and the argument fragments joined in order, per tool-call
 index), the legacy ``function_call``, ``refusal``, reasoning text where the provider
-streams it (``reasoning_content``), ``finish_reason``; and the usage. Malformed parts of
+streams it (``reasoning_content``: DeepSeek, vLLM; ``reasoning``: OpenRouter, newer
+vLLM), ``finish_reason``; and the usage. Malformed parts of
 a chunk are relayed as they came (the proxy does not change what the client gets) but
 add nothing here.
 """
@@ -13,8 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# A model's reasoning, streamed beside the answer; the name depends on the provider.
+_REASONING_FIELDS = ("reasoning_content", "reasoning")
 # Text fields of a delta that are streamed as fragments and joined.
-_TEXT_FIELDS = ("content", "refusal", "reasoning_content")
+_TEXT_FIELDS = ("content", "refusal", *_REASONING_FIELDS)
 
 
 def _is_index(value: Any) -> bool:
@@ -98,8 +101,9 @@ class _Choice:
             "content": joined.get("content", None if self._has_other_answer() else ""),
             "refusal": joined.get("refusal"),
         }
-        if "reasoning_content" in joined:
-            message["reasoning_content"] = joined["reasoning_content"]
+        for name in _REASONING_FIELDS:
+            if name in joined:
+                message[name] = joined[name]
         if self.tool_calls:
             message["tool_calls"] = [
                 self.tool_calls[i].message_part() for i in sorted(self.tool_calls)
