@@ -32,6 +32,9 @@ from helpers import http_call
 MASTER_KEY = "sk-test-master"
 TEAM_KEY = "sk-test-team"
 PROVIDER_KEY_ENV = "TEST_PROVIDER_KEY"
+# The "long" model's reply: its streamed response.completed event is one SSE line longer
+# than aiohttp's default line limit (twice its 256 KiB read buffer).
+LONG_REPLY_CHARS = 700_000
 # Roles in this group must give their password over TCP; every other role is trusted.
 PASSWORD_GROUP = "password_login"
 # libpq's variables name a database too: each test names its own, so none may leak in
@@ -285,6 +288,14 @@ def gateway_config(upstreams: Upstreams, router_settings: dict | None = None, **
             entry("endless", "fake-endless", upstreams.fast.api_base),
             entry("redirecting", "fake-redirect", upstreams.fast.api_base),
             entry("refusal", "fake-refusal", upstreams.fast.api_base),
+            entry("stream-error", "fake-stream-error", upstreams.fast.api_base),
+            entry("stream-cut", "fake-stream-cut", upstreams.fast.api_base),
+            entry("stream-abort", "fake-stream-abort", upstreams.fast.api_base),
+            *(
+                entry(f"newline-{n}", f"fake-newline-{n}", upstreams.fast.api_base)
+                for n in ("cr", "crlf")
+            ),
+            entry("long", f"fake-long-{LONG_REPLY_CHARS}", upstreams.fast.api_base),
             # One deployment fails, one answers: retries and cooldowns.
             entry("flaky", "fake-error-503", upstreams.fast.api_base),
             entry("flaky", "fake-model", upstreams.fast.api_base),

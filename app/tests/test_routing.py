@@ -7,6 +7,9 @@ import time
 
 import pytest
 
+from llm_gateway.config import RouterSettings
+from llm_gateway.upstream import FIRST_BACKOFF_S, Attempt, wait_before_retry
+
 from conftest import query
 from helpers import CHAT_BODY, wait_until
 
@@ -71,10 +74,28 @@ def test_retry_after_is_honoured_before_trying_the_same_deployment_again(
 ):
     gw = start_gateway(pg_cluster.url(database), router_settings={"num_retries": 1})
     started = time.monotonic()
-    reply, request_id = chat(gw, "upstream-429")  # the fake sends Retry-After: 1
-    assert time.monotonic() - started >= 1.0
-    assert reply.status == 429 and reply.headers["retry-after"] == "1"
+    # The fake sends retry-after-ms: 600 and Retry-After: 1, as OpenAI and Azure do.
+    reply, request_id = chat(gw, "upstream-429")
+    assert time.monotonic() - started >= 0.6
+    assert reply.status == 429
+    # Both relayed: the openai SDK waits what retry-after-ms says before its own retry.
+    assert (reply.headers["retry-after"], reply.headers["retry-after-ms"]) == ("1", "600")
     assert logged(pg_cluster, database, request_id)[2] == 2
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "retry_after_ms", "wait"),
+    [
+        ("2", "1500", 1.5),  # milliseconds first, as the openai SDK reads them
+        ("2", None, 2.0),
+        ("2", "soon", 2.0),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", None, FIRST_BACKOFF_S),  # a date asks nothing
+        (None, "nan", FIRST_BACKOFF_S),
+    ],
+)
+def test_the_wait_an_upstream_asks_for(retry_after, retry_after_ms, wait):
+    attempt = Attempt(429, retry_after=retry_after, retry_after_ms=retry_after_ms)
+    assert wait_before_retry(attempt, 0, RouterSettings()) == wait
 
 
 def test_context_window_fallbacks(start_gateway, pg_cluster, database):

@@ -1,6 +1,6 @@
 """A streamed answer is logged as the same answer would have been unstreamed."""
 
-from llm_gateway.stream_log import StreamLog
+from llm_gateway.stream_log import ResponsesStreamLog, StreamLog, TextCompletionStreamLog
 
 
 def chunk(*choices, **extra):
@@ -47,6 +47,32 @@ def test_parallel_tool_calls_in_several_choices_with_reasoning():
     assert body["usage"]["total_tokens"] == 7 and body["chunks"] == 9
 
 
+def test_the_answer_is_named_by_its_chunks_not_by_azures_content_filter_chunk():
+    log = StreamLog()
+    # Azure OpenAI opens a stream with the prompt's filter results, nameless.
+    log.feed({"id": "", "created": 0, "model": "", "object": "", "choices": [],
+              "prompt_filter_results": [{"prompt_index": 0}]})  # fmt: skip
+    log.feed(chunk(delta(role="assistant", content="Hi"), system_fingerprint="fp_1",
+                   service_tier="default"))  # fmt: skip
+    log.feed(chunk(delta(finish_reason="stop"), id="chatcmpl-other"))
+    body = log.body()
+    assert (body["id"], body["created"], body["model"]) == ("chatcmpl-1", 1, "m")
+    assert (body["system_fingerprint"], body["service_tier"]) == ("fp_1", "default")
+    assert body["choices"][0]["message"]["content"] == "Hi"
+
+
+def test_openrouters_reasoning_field_is_joined_too():
+    """OpenRouter (and newer vLLM) stream the model's reasoning as delta.reasoning; the
+    unstreamed answer has it as message.reasoning, so the log must too."""
+    log = StreamLog()
+    log.feed(chunk(delta(role="assistant", content="", reasoning="Weigh")))
+    log.feed(chunk(delta(reasoning=" it.")))
+    log.feed(chunk(delta(content="42", finish_reason="stop")))
+    message = log.body()["choices"][0]["message"]
+    assert (message["reasoning"], message["content"]) == ("Weigh it.", "42")
+    assert "reasoning_content" not in message
+
+
 def test_legacy_function_call_is_joined():
     log = StreamLog()
     log.feed(chunk(delta(role="assistant", function_call={"name": "f", "arguments": ""})))
@@ -69,3 +95,24 @@ def test_malformed_parts_add_nothing_and_break_nothing():
         "name": None,
         "arguments": "",
     }
+
+
+def test_an_answer_is_whole_once_every_choice_has_finished():
+    """Some OpenAI-compatible servers end a stream without [DONE]; a finish_reason on
+    every choice still makes the answer whole (the relay logs 200, not a cut stream)."""
+    log = StreamLog()
+    log.feed(chunk(delta(role="assistant", content="Hi"), delta(index=1, content="Yo")))
+    log.feed(chunk(delta(finish_reason="stop")))
+    assert not log.answered  # choice 1 is still open
+    log.feed(chunk(delta(index=1, finish_reason="length")))
+    assert log.answered
+    text = TextCompletionStreamLog()
+    text.feed({"choices": [{"index": 0, "text": "a", "finish_reason": None}]})
+    assert not text.answered
+    text.feed({"choices": [{"index": 0, "text": "", "finish_reason": "stop"}]})
+    assert text.answered
+    responses = ResponsesStreamLog()
+    responses.feed({"type": "response.output_text.delta", "delta": "a"})
+    assert not responses.answered
+    responses.feed({"type": "response.completed", "response": {"status": "completed"}})
+    assert responses.answered

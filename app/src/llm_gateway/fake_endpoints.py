@@ -4,13 +4,21 @@ admission, delays, injected errors and compression as chat (fake_upstream.py).""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import struct
 import time
 import uuid
 
 from aiohttp import web
 
 from llm_gateway.fake_upstream import (
+    DELTAS_BEFORE_ERROR,
+    LONG_MODEL_PREFIX,
+    MAX_LONG_CHARS,
+    STREAM_CUT_MODEL,
+    STREAM_ERROR,
+    STREAM_ERROR_MODEL,
     EventStream,
     admit,
     count_tokens,
@@ -22,6 +30,7 @@ from llm_gateway.fake_upstream import (
 
 EMBEDDING_DIMENSIONS = 8
 WORDS_PER_DELTA = 3
+LONG_DELTA = 65536
 
 
 def _texts(value: object) -> list[str]:
@@ -42,6 +51,18 @@ def _reply_pieces(text: str) -> list[str]:
     ]
 
 
+def _long_reply_pieces(length_text: str) -> list[str]:
+    """A reply of the asked length (fake-long-<chars>), in deltas of LONG_DELTA chars."""
+    length = min(int(length_text), MAX_LONG_CHARS) if length_text.isdigit() else 0
+    text = ("Fake reply, long. " * (length // 18 + 1))[:length]
+    return [text[start : start + LONG_DELTA] for start in range(0, length, LONG_DELTA)]
+
+
+def _base64_floats(vector: list[float]) -> str:
+    """OpenAI's base64 embedding: the vector as little-endian float32, base64-encoded."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
 def _usage(prompt: int, completion: int, responses_api: bool = False) -> dict:
     if responses_api:
         return {"input_tokens": prompt, "output_tokens": completion,
@@ -57,11 +78,14 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     texts = _texts(payload["input"])
     if not texts:
         return error_response(400, "'input' must be a string or an array", param="input")
+    # The openai SDK asks for base64 unless told otherwise, and decodes it itself.
+    base64_wanted = payload.get("encoding_format") == "base64"
     data = []
     for index, text in enumerate(texts):
         digest = hashlib.sha256(text.encode()).digest()
         vector = [round(byte / 255 - 0.5, 6) for byte in digest[:EMBEDDING_DIMENSIONS]]
-        data.append({"object": "embedding", "index": index, "embedding": vector})
+        embedding = _base64_floats(vector) if base64_wanted else vector
+        data.append({"object": "embedding", "index": index, "embedding": embedding})
     tokens = sum(count_tokens(text) for text in texts)
     body = {"object": "list", "data": data, "model": payload["model"],
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}  # fmt: skip
@@ -80,7 +104,11 @@ async def completions(request: web.Request) -> web.StreamResponse:
             "created": int(time.time()), "model": model}  # fmt: skip
     if payload.get("stream") is True:
         stream = EventStream(request, model)
-        for piece in pieces:
+        for sent, piece in enumerate(pieces):
+            if model == STREAM_ERROR_MODEL and sent == DELTAS_BEFORE_ERROR:
+                return await stream.fail()
+            if model == STREAM_CUT_MODEL and sent == DELTAS_BEFORE_ERROR:
+                return await stream.close()
             choice = {"text": piece, "index": 0, "logprobs": None, "finish_reason": None}
             await stream.send({**base, "choices": [choice]})
         last = {"text": "", "index": 0, "logprobs": None, "finish_reason": "stop"}
@@ -124,6 +152,8 @@ async def responses(request: web.Request) -> web.StreamResponse:
     model = payload["model"]
     texts = _texts(payload["input"])
     pieces = _reply_pieces(texts[-1] if texts else "")
+    if model.startswith(LONG_MODEL_PREFIX):
+        pieces = _long_reply_pieces(model.removeprefix(LONG_MODEL_PREFIX))
     text = "".join(pieces)
     usage = _usage(sum(count_tokens(t) for t in texts), count_tokens(text), responses_api=True)
     response_id = f"resp_{uuid.uuid4().hex}"
@@ -142,7 +172,14 @@ async def responses(request: web.Request) -> web.StreamResponse:
     part = {"type": "output_text", "text": "", "annotations": []}
     await send("response.content_part.added", item_id=item["id"], output_index=0,
                content_index=0, part=part)  # fmt: skip
-    for piece in pieces:
+    for sent, piece in enumerate(pieces):
+        if model == STREAM_ERROR_MODEL and sent == DELTAS_BEFORE_ERROR:
+            # The Responses API's error event: its fields at the top level.
+            fields = {k: v for k, v in STREAM_ERROR.items() if k != "type"}
+            await send("error", **{**fields, "code": STREAM_ERROR["type"]})
+            return await stream.close()
+        if model == STREAM_CUT_MODEL and sent == DELTAS_BEFORE_ERROR:
+            return await stream.close()
         await send("response.output_text.delta", item_id=item["id"], output_index=0,
                    content_index=0, delta=piece)  # fmt: skip
     await send("response.output_text.done", item_id=item["id"], output_index=0,

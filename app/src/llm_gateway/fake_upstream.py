@@ -40,6 +40,24 @@ Per-request controls, for tests
                                   (a provider stuck in a loop)
     model "fake-redirect"         307 to the same endpoint with ?redirected=1, which
                                   answers as usual (a proxy or host that redirects)
+    model "fake-stream-error"     a stream fails after its first deltas as OpenAI's do: an
+                                  error event (chat, completions: data: {"error": ...};
+                                  Responses API: an "error" event), then the end, no [DONE]
+    model "fake-stream-cut"       a stream ends after its first deltas, its HTTP body
+                                  properly ended but the answer not: no finish_reason, no
+                                  [DONE], no response.completed (a provider or proxy that
+                                  gave up mid-answer)
+    model "fake-long-<chars>"     (Responses API) a reply that many characters long, so
+                                  a streamed answer's response.completed event is one
+                                  very long line, as a long answer's is
+    model "fake-stream-abort"     a stream whose connection is torn down after its first
+                                  deltas (no end of the chunked body): a provider or proxy
+                                  that died mid-answer
+    model "fake-newline-<cr|crlf>" streams with that line ending (SSE allows LF, CRLF and a
+                                  lone CR); CRLF events are written in two writes cut
+                                  between CR and LF, as a reader may receive them
+    encoding_format "base64"      embeddings as OpenAI sends them then (the openai SDK's
+                                  default): little-endian float32, base64-encoded
     "tools" in the request        the answer calls the first tool with {"text": <last
                                   user message>} (tool_calls; streamed in fragments)
     model "fake-encoded-<coding>" answer (plain or streamed) in that content coding
@@ -88,6 +106,22 @@ CONTEXT_EXCEEDED_MODEL = "fake-context-exceeded"
 ENDLESS_MODEL = "fake-endless"
 REDIRECT_MODEL = "fake-redirect"
 CONTEXT_EXCEEDED = "context_length_exceeded"  # OpenAI's error code
+STREAM_ERROR_MODEL = "fake-stream-error"
+STREAM_CUT_MODEL = "fake-stream-cut"
+STREAM_ABORT_MODEL = "fake-stream-abort"
+LONG_MODEL_PREFIX = "fake-long-"
+NEWLINE_MODEL_PREFIX = "fake-newline-"
+NEWLINES = {"cr": b"\r", "crlf": b"\r\n"}
+MAX_LONG_CHARS = 16 * 2**20
+# Text deltas a failing stream sends before its error event.
+DELTAS_BEFORE_ERROR = 1
+# What OpenAI sends mid-stream when the model fails after the 200 went out.
+STREAM_ERROR = {
+    "message": "The server had an error while processing your request. Sorry about that!",
+    "type": "server_error",
+    "param": None,
+    "code": None,
+}
 REFUSAL = "I'm sorry, but I can't help with that request."
 # Streamed tool-call arguments arrive in fragments of this many characters.
 ARGUMENT_FRAGMENT = 8
@@ -162,7 +196,8 @@ def error_response(
 
 def injected_error(status: int) -> web.Response:
     # A real provider's 429 says when to come back; clients and gateways look for it.
-    headers = {"Retry-After": "1"} if status == 429 else None
+    # OpenAI and Azure send it in milliseconds too (the openai SDK reads that first).
+    headers = {"Retry-After": "1", "retry-after-ms": "600"} if status == 429 else None
     return error_response(status, f"fake upstream: injected error {status}", headers)
 
 
@@ -460,6 +495,7 @@ class EventStream:
             headers.update({"Content-Encoding": coding, "Vary": "Accept-Encoding"})
         self.response = web.StreamResponse(headers=headers)
         self.sent = 0
+        self.newline = NEWLINES.get(model.removeprefix(NEWLINE_MODEL_PREFIX), b"\n")
 
     async def send(self, data: dict | bytes, event: str | None = None) -> None:
         if self.sent == 0:
@@ -468,11 +504,27 @@ class EventStream:
             await asyncio.sleep(self.settings.chunk_delay_ms / 1000)
         self.sent += 1
         text = data if isinstance(data, bytes) else orjson.dumps(data)
-        line = (b"event: " + event.encode() + b"\n" if event else b"") + b"data: " + text
-        await self._write(line + b"\n\n")
+        nl = self.newline
+        line = (b"event: " + event.encode() + nl if event else b"") + b"data: " + text
+        if nl == b"\r\n":
+            await self._write(line + b"\r")
+            await self._write(b"\n\r\n")
+        else:
+            await self._write(line + nl + nl)
 
     async def _write(self, data: bytes) -> None:
         await self.response.write(self.encoder.encode(data) if self.encoder else data)
+
+    async def fail(self) -> web.StreamResponse:
+        """End the stream as OpenAI does when the model fails mid-answer."""
+        await self.send({"error": STREAM_ERROR})
+        return await self.close()
+
+    def abort(self) -> web.StreamResponse:
+        """Tear the connection down mid-body, as a dying process or proxy does."""
+        if self.request.transport is not None:
+            self.request.transport.abort()
+        return self.response
 
     async def close(self) -> web.StreamResponse:
         if self.encoder is not None:
@@ -497,7 +549,14 @@ async def stream_completion(
 
     # OpenAI opens with the role, then the deltas, then an empty delta carrying
     # finish_reason, then (when asked for) a usage-only chunk.
-    for delta in answer.deltas:
+    for sent, delta in enumerate(answer.deltas):
+        if sent == 1 + DELTAS_BEFORE_ERROR:  # the role came first
+            if model == STREAM_ERROR_MODEL:
+                return await stream.fail()
+            if model == STREAM_CUT_MODEL:
+                return await stream.close()
+            if model == STREAM_ABORT_MODEL:
+                return stream.abort()
         await send([{"index": 0, "delta": delta, "finish_reason": None}])
     await send([{"index": 0, "delta": {}, "finish_reason": answer.finish_reason}])
     if usage is not None:

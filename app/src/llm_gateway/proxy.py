@@ -296,11 +296,15 @@ def _map_upstream_error(status: int, raw: bytes) -> tuple[int, dict]:
 
 
 async def _upstream_error_response(
-    gateway: Gateway, ex: Exchange, status: int, body: dict, retry_after: str | None
+    gateway: Gateway, ex: Exchange, status: int, body: dict, attempt: Attempt
 ) -> Response:
     headers = await _log(gateway, ex, status, body, None)
-    if retry_after and status == 429:
-        headers["Retry-After"] = retry_after  # clients (the openai SDK too) honour it
+    if status == 429:
+        # Clients (the openai SDK too) honour them, retry-after-ms first.
+        if attempt.retry_after:
+            headers["Retry-After"] = attempt.retry_after
+        if attempt.retry_after_ms:
+            headers["retry-after-ms"] = attempt.retry_after_ms
     return _json_response(status, body, headers)
 
 
@@ -312,6 +316,15 @@ def _transport_error(exc: BaseException) -> tuple[int, dict]:
     return 502, error_body(
         502, f"upstream unreachable: {exc.__class__.__name__}", "upstream_unreachable"
     )
+
+
+def _stream_transport_error(exc: BaseException) -> tuple[int, dict]:
+    """The upstream answered 200, then its connection failed: it was reachable, so the
+    error says the stream broke off (or stalled), not that nobody answered."""
+    if isinstance(exc, asyncio.TimeoutError):
+        return 504, error_body(504, "upstream stream stalled (timed out)", "upstream_timeout")
+    message = f"upstream stream broke off: {exc.__class__.__name__}"
+    return 502, error_body(502, message, "upstream_stream_broken")
 
 
 async def _attempt(gateway: Gateway, ex: Exchange, payload: dict, stream: bool) -> Attempt:
@@ -326,7 +339,7 @@ async def _answer_failure(gateway: Gateway, ex: Exchange, attempt: Attempt) -> R
         status, body = _transport_error(attempt.error)
         return _json_response(status, body, await _log(gateway, ex, status, body, None))
     status, body = _map_upstream_error(attempt.status, attempt.raw)
-    return await _upstream_error_response(gateway, ex, status, body, attempt.retry_after)
+    return await _upstream_error_response(gateway, ex, status, body, attempt)
 
 
 async def _forward(gateway: Gateway, ex: Exchange) -> Response:
@@ -370,6 +383,54 @@ async def _stream(gateway: Gateway, ex: Exchange) -> Response:
     )
 
 
+# One server-sent event (its lines up to the blank one) and a stream's logged chunks. One
+# line may hold a whole answer: the Responses API's response.completed (and
+# output_text.done) event carries all the output text, the instructions and the tools on
+# one line, so aiohttp's own limit (twice its 256 KiB read buffer) would cut a long
+# answer's stream at its end. An upstream that never sends the line's end or the blank
+# line, or never ends, must still not grow a worker's memory until the kernel kills it
+# (and every exchange it held).
+MAX_STREAM_EVENT_BYTES = 16 << 20
+MAX_LOGGED_STREAM_BYTES = 32 << 20
+
+
+class SSELineTooLong(Exception):
+    pass
+
+
+async def _sse_lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """The stream's lines, each with its line ending. SSE allows LF, CRLF and a lone CR
+    (the openai SDK reads all three); aiohttp's readline knows only LF. A CRLF cut
+    between two reads is one line ending: the LF starting the next read is dropped."""
+    unfinished: list[bytes] = []  # a line whose end has not arrived yet
+    size = 0
+    skip_lf = False
+    async for data in content.iter_any():
+        if skip_lf and data[:1] == b"\n":
+            data = data[1:]
+        if not data:
+            continue
+        lines = data.splitlines(keepends=True)  # bytes: only LF, CRLF and CR end lines
+        last = lines[-1]
+        skip_lf = last[-1:] == b"\r"
+        if unfinished:
+            unfinished.append(lines[0])
+            if len(lines) == 1 and not last.endswith((b"\n", b"\r")):
+                size += len(last)
+                if size > MAX_STREAM_EVENT_BYTES:
+                    raise SSELineTooLong(f"an SSE line over {MAX_STREAM_EVENT_BYTES} bytes")
+                continue
+            lines[0] = b"".join(unfinished)
+            unfinished, size = [], 0
+        if not last.endswith((b"\n", b"\r")):
+            unfinished.append(lines.pop())
+            size = len(unfinished[0])
+        for line in lines:
+            yield line
+    if unfinished:
+        yield b"".join(unfinished)
+
+
 _CLIENT_LEFT = error_body(499, "client closed the connection", "client_disconnected")
 _SHUT_DOWN = error_body(
     503, "the gateway shut down before the answer was complete", "gateway_shutdown"
@@ -398,16 +459,42 @@ def _why_cut(request: Request) -> tuple[int, dict]:
     return (499, _CLIENT_LEFT) if _client_left(request) else (503, _SHUT_DOWN)
 
 
+def _read_event(
+    event: list[bytes], stream_log: Any, client_wants_usage: bool, logged: int
+) -> tuple[bool, bool, int]:
+    """Feed one SSE event's data to the stream log: (relay it?, was it [DONE]?, bytes
+    logged so far). Past MAX_LOGGED_STREAM_BYTES only the chunks' tails are logged."""
+    relay, done = True, False
+    for part in event:
+        if part.startswith(b"data:"):
+            data = part[5:].strip()
+            if data == b"[DONE]":
+                done = True
+                continue
+            try:
+                chunk = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(chunk, dict):
+                logged += len(data)
+                stream_log.feed(chunk if logged <= MAX_LOGGED_STREAM_BYTES else _tail_of(chunk))
+                if not client_wants_usage and _usage_only(chunk):
+                    relay = False
+    return relay, done, logged
+
+
+def _usage_only(chunk: dict) -> bool:
+    """The chunk include_usage adds at the end: usage and empty choices. The gateway
+    always asks for it; clients that did not are not sent it (they may index
+    choices[0]). Any other chunk without choices (an error, Azure's content-filter
+    chunk) is relayed as it came."""
+    usage = chunk.get("usage")
+    return isinstance(usage, dict) and not chunk.get("choices") and "error" not in chunk
+
+
 async def _wait_for_disconnect(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
-
-
-# One server-sent event (its lines up to the blank one) and a stream's logged chunks. An
-# upstream that never sends the blank line, or never ends, must not grow a worker's
-# memory until the kernel kills it (and every exchange it held).
-MAX_STREAM_EVENT_BYTES = 4 << 20
-MAX_LOGGED_STREAM_BYTES = 32 << 20
 
 
 class UpstreamStreamError(Exception):
@@ -434,12 +521,12 @@ async def _relay(
     # The upstream's answer is complete once its [DONE] has been passed on or its stream
     # ended: a client that closes right after reading [DONE] (the openai SDK does) has
     # its whole answer, so only leaving before that is a 499.
-    complete = False
+    complete = done = False
     # ASGI 2.4 servers drop writes to a closed connection silently; only the receive
     # channel says the client left, so watch it to stop relaying and log a 499.
     client_gone = asyncio.create_task(_wait_for_disconnect(ex.request))
     try:
-        async for line in upstream.content:
+        async for line in _sse_lines(upstream.content):
             if client_gone.done():
                 break
             if line.strip():
@@ -452,36 +539,31 @@ async def _relay(
                 continue
             if not event:
                 continue
-            relay, done = True, False
-            for part in event:
-                if part.startswith(b"data:"):
-                    data = part[5:].strip()
-                    if data == b"[DONE]":
-                        done = True
-                        continue
-                    try:
-                        chunk = orjson.loads(data)
-                    except orjson.JSONDecodeError:
-                        continue
-                    if isinstance(chunk, dict):
-                        logged += len(data)
-                        stream_log.feed(
-                            chunk if logged <= MAX_LOGGED_STREAM_BYTES else _tail_of(chunk)
-                        )
-                        # We added include_usage; hide the usage-only chunk from clients
-                        # that did not ask for it (they may index choices[0]).
-                        if not client_wants_usage and not chunk.get("choices"):
-                            relay = False
+            relay, done_here, logged = _read_event(event, stream_log, client_wants_usage, logged)
             if relay:
-                yield b"".join(event) + b"\n"
+                # Ended by its own blank line: a LF added to a CR-ended line would
+                # make a CRLF, one line ending, and merge this event with the next.
+                yield b"".join(event) + line
+            done = done or done_here
             complete = complete or done or stream_log.finished
             event, event_size = [], 0
         else:
-            if event:
-                yield b"".join(event) + b"\n\n"
+            if event:  # the last event, without the blank line that should end it
+                relay, done_here, logged = _read_event(
+                    event, stream_log, client_wants_usage, logged
+                )
+                done = done or done_here
+                if relay:
+                    yield b"".join(event) + b"\n\n"
             complete = True
+            if not (done or stream_log.answered or stream_log.error):
+                # The body ended cleanly mid-answer. The SDK would take the cut answer
+                # for a whole one; an error event makes it raise, and the row says 502.
+                message = "upstream stream ended before the answer did"
+                status, error = 502, error_body(502, message, "upstream_stream_incomplete")
+                yield b"data: " + orjson.dumps(error) + b"\n\n"
     except (TimeoutError, aiohttp.ClientError) as exc:
-        status, error = _transport_error(exc)
+        status, error = _stream_transport_error(exc)
         yield b"data: " + orjson.dumps(error) + b"\n\n"
     except asyncio.CancelledError:
         # Starlette cancels the relay when the client leaves (499 below); the server when
@@ -490,8 +572,8 @@ async def _relay(
             status, error = 503, _SHUT_DOWN
         raise
     except Exception as exc:
-        # E.g. a line longer than aiohttp's reader allows: the stream ends with an error
-        # event, and the log says 502, not a 200 with a cut answer.
+        # E.g. a line over MAX_STREAM_EVENT_BYTES: the stream ends with an error event, and
+        # the log says 502, not a 200 with a cut answer.
         log.exception("upstream stream failed (request %s)", ex.request_id)
         message = f"upstream stream could not be relayed: {exc.__class__.__name__}"
         status, error = 502, error_body(502, message, "upstream_bad_stream")
@@ -506,6 +588,11 @@ async def _relay(
             )
         if error is not None:
             body["error"] = error["error"]
+        elif stream_log.error is not None:
+            # The upstream answered 200, then reported its model failed: the client's SDK
+            # raises it, so the row says so too (502, as an upstream 5xx would be).
+            status = 502
+            body["error"] = stream_log.error
         elif not complete:
             # The client went away mid-stream (499, nginx's convention); log what was sent.
             status = 499

@@ -3,7 +3,8 @@
 The log must hold the whole answer, not only its text: per choice the content, tool calls
 (id, type, function name and the argument fragments joined in order, per tool-call
 index), the legacy ``function_call``, ``refusal``, reasoning text where the provider
-streams it (``reasoning_content``), ``finish_reason``; and the usage. Malformed parts of
+streams it (``reasoning_content``: DeepSeek, vLLM; ``reasoning``: OpenRouter, newer
+vLLM), ``finish_reason``; and the usage. Malformed parts of
 a chunk are relayed as they came (the proxy does not change what the client gets) but
 add nothing here.
 """
@@ -13,12 +14,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# A model's reasoning, streamed beside the answer; the name depends on the provider.
+_REASONING_FIELDS = ("reasoning_content", "reasoning")
 # Text fields of a delta that are streamed as fragments and joined.
-_TEXT_FIELDS = ("content", "refusal", "reasoning_content")
+_TEXT_FIELDS = ("content", "refusal", *_REASONING_FIELDS)
 
 
 def _is_index(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _upstream_error(event: dict) -> dict | None:
+    """The error a provider reports inside a stream it already answered with 200: OpenAI
+    sends ``data: {"error": {...}}`` (chat, completions), the Responses API an ``error``
+    event with the fields at the top level, or ``response.failed`` with ``error``."""
+    if isinstance(event.get("error"), dict):
+        return event["error"]
+    kind = event.get("type")
+    if kind == "error":
+        return {k: event.get(k) for k in ("message", "type", "param", "code")}
+    if kind == "response.failed" and isinstance(event.get("response"), dict):
+        error = event["response"].get("error")
+        return error if isinstance(error, dict) else {"message": "response failed"}
+    return None
 
 
 @dataclass
@@ -83,8 +101,9 @@ class _Choice:
             "content": joined.get("content", None if self._has_other_answer() else ""),
             "refusal": joined.get("refusal"),
         }
-        if "reasoning_content" in joined:
-            message["reasoning_content"] = joined["reasoning_content"]
+        for name in _REASONING_FIELDS:
+            if name in joined:
+                message[name] = joined[name]
         if self.tool_calls:
             message["tool_calls"] = [
                 self.tool_calls[i].message_part() for i in sorted(self.tool_calls)
@@ -92,6 +111,11 @@ class _Choice:
         if self.function_call is not None:
             message["function_call"] = self.function_call.message_part()["function"]
         return message
+
+
+# What identifies a chat or completion answer, as its unstreamed form has it.
+_NAMES = ("id", "created", "model")  # always in the log, null when not sent
+_META_FIELDS = (*_NAMES, "system_fingerprint", "service_tier")
 
 
 class _ChoicesStreamLog:
@@ -103,12 +127,17 @@ class _ChoicesStreamLog:
     def __init__(self) -> None:
         self.meta: dict[str, Any] = {}
         self.usage: dict | None = None
+        self.error: dict | None = None
         self.chunks = 0
 
     def feed(self, chunk: dict) -> None:
         self.chunks += 1
-        if not self.meta:
-            self.meta = {k: chunk.get(k) for k in ("id", "created", "model")}
+        if "error" in chunk:
+            self.error = _upstream_error(chunk) or self.error
+        if not self.meta.get("id"):
+            # From the first chunk that names the answer: Azure opens with a
+            # content-filter chunk whose id and model are empty.
+            self.meta = {k: chunk.get(k) for k in _META_FIELDS if k in chunk or k in _NAMES}
         if isinstance(chunk.get("usage"), dict):
             self.usage = chunk["usage"]
         choices = chunk.get("choices")
@@ -117,6 +146,12 @@ class _ChoicesStreamLog:
                 self._feed_choice(choice.get("index", 0), choice)
 
     def _feed_choice(self, index: int, choice: dict) -> None:
+        raise NotImplementedError
+
+    @property
+    def answered(self) -> bool:
+        """Every choice has its finish_reason: the answer is whole even if the stream
+        ends without [DONE] (some OpenAI-compatible servers leave it out)."""
         raise NotImplementedError
 
     def _body(self, kind: str, choices: list[dict]) -> dict[str, Any]:
@@ -130,6 +165,10 @@ class StreamLog(_ChoicesStreamLog):
     def __init__(self) -> None:
         super().__init__()
         self.choices: dict[int, _Choice] = {}
+
+    @property
+    def answered(self) -> bool:
+        return bool(self.choices) and all(c.finish_reason for c in self.choices.values())
 
     def _feed_choice(self, index: int, choice: dict) -> None:
         delta = choice.get("delta")
@@ -159,6 +198,10 @@ class TextCompletionStreamLog(_ChoicesStreamLog):
         super().__init__()
         self.texts: dict[int, list[str]] = {}
         self.finish: dict[int, str] = {}
+
+    @property
+    def answered(self) -> bool:
+        return bool(self.finish) and set(self.texts) <= set(self.finish)
 
     def _feed_choice(self, index: int, choice: dict) -> None:
         if isinstance(choice.get("text"), str):
@@ -193,11 +236,14 @@ class ResponsesStreamLog:
     def __init__(self) -> None:
         self.final: dict[str, Any] | None = None
         self.text: list[str] = []
+        self.error: dict | None = None
         self.chunks = 0
 
     @property
     def finished(self) -> bool:
         return self.final is not None
+
+    answered = finished  # the terminal event carries the whole response
 
     @property
     def usage(self) -> dict | None:
@@ -211,6 +257,8 @@ class ResponsesStreamLog:
             self.text.append(event["delta"])
         elif kind in _RESPONSE_TERMINAL_EVENTS and isinstance(event.get("response"), dict):
             self.final = event["response"]
+        if kind in ("error", "response.failed"):
+            self.error = _upstream_error(event)
 
     def body(self) -> dict[str, Any]:
         if self.final is not None:

@@ -6,13 +6,15 @@ that another attempt may cure are retried: no answer at all (connection, timeout
 409, 429 and 5xx. A 400 that says the context window was exceeded switches to the
 model's ``context_window_fallbacks``. Moving on to an untried deployment happens at once;
 trying one again waits first (exponential, at least ``retry_after``, and at least what
-the upstream's Retry-After asked, up to MAX_WAIT_S). A stream is retried only until the
-upstream answered 200: once bytes go to the client, the answer is that deployment's.
+the upstream's retry-after-ms or Retry-After asked, up to MAX_WAIT_S). A stream is
+retried only until the upstream answered 200: once bytes go to the client, the answer
+is that deployment's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +36,7 @@ class Attempt:
     status: int  # the upstream's, or 0 when it did not answer (see error)
     raw: bytes = b""
     retry_after: str | None = None
+    retry_after_ms: str | None = None  # Azure's and OpenAI's finer Retry-After
     stream: aiohttp.ClientResponse | None = None  # open response of a 200 stream
     error: BaseException | None = None
 
@@ -91,7 +94,8 @@ async def call(
         return Attempt(0, error=exc)
     finally:
         upstream.release()
-    return Attempt(upstream.status, raw, upstream.headers.get("Retry-After"))
+    headers = upstream.headers
+    return Attempt(upstream.status, raw, headers.get("Retry-After"), headers.get("retry-after-ms"))
 
 
 class AnswerTooLarge(Exception):
@@ -114,13 +118,20 @@ async def _read(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
 
 def wait_before_retry(attempt: Attempt, retries_so_far: int, settings: RouterSettings) -> float:
     backoff = FIRST_BACKOFF_S * 2**retries_so_far
-    asked = 0.0
-    if attempt.retry_after:
+    return min(MAX_WAIT_S, max(backoff, settings.retry_after, asked_wait(attempt)))
+
+
+def asked_wait(attempt: Attempt) -> float:
+    """Seconds the upstream asked to wait: retry-after-ms first (the openai SDK's order),
+    then Retry-After in seconds; an HTTP date or nonsense asks nothing."""
+    for value, unit in ((attempt.retry_after_ms, 0.001), (attempt.retry_after, 1.0)):
         try:
-            asked = float(attempt.retry_after)
+            seconds = float(value) * unit if value else None
         except ValueError:
-            asked = 0.0  # an HTTP date: the backoff has to do
-    return min(MAX_WAIT_S, max(backoff, settings.retry_after, asked))
+            seconds = None
+        if seconds is not None and math.isfinite(seconds) and seconds >= 0:
+            return seconds
+    return 0.0
 
 
 async def call_with_retries(
