@@ -258,7 +258,12 @@ def upstreams(fake_upstream, slow_upstream, dripping_upstream, nginx) -> Upstrea
     return Upstreams(fake_upstream, slow_upstream, dripping_upstream, nginx)
 
 
-def gateway_config(upstreams: Upstreams, router_settings: dict | None = None, **general) -> dict:
+def gateway_config(
+    upstreams: Upstreams,
+    router_settings: dict | None = None,
+    litellm_settings: dict | None = None,
+    **general,
+) -> dict:
     def entry(name, model, api_base, timeout=30, price=(0.000001, 0.000002)):
         return {
             "model_name": name,
@@ -315,6 +320,8 @@ def gateway_config(upstreams: Upstreams, router_settings: dict | None = None, **
     }
     if router_settings is not None:
         config["router_settings"] = router_settings
+    if litellm_settings is not None:
+        config["litellm_settings"] = litellm_settings
     return config
 
 

@@ -181,13 +181,49 @@ def test_providers_without_a_default_base_need_one(env, params, reason):
 
 def test_litellm_keys_not_implemented_are_named_not_dropped(env, tmp_path):
     config = build_config(yaml.safe_load(LITELLM_FILE), env)
-    assert config.ignored_keys == ("litellm_settings", "router_settings.routing_strategy")
+    assert config.ignored_keys == (
+        "litellm_settings.drop_params",
+        "router_settings.routing_strategy",
+    )
     path = tmp_path / "config.yaml"
     path.write_text(LITELLM_FILE)
     ok = run_check_config(path, OPENAI_API_KEY="sk-provider-secret", GATEWAY_MASTER_KEY="m")
-    assert "ignored (not implemented): litellm_settings, router_settings.routing_strategy" in (
-        ok.stdout
+    assert (
+        "ignored (not implemented): litellm_settings.drop_params, router_settings.routing_strategy"
+        in ok.stdout
     )
+
+
+def test_litellm_settings_retries_timeout_and_fallbacks_reach_the_router(env):
+    raw = yaml.safe_load(LITELLM_FILE)
+    raw["model_list"][1]["model_name"] = "backup"
+    raw["litellm_settings"] = {
+        "drop_params": True,
+        "num_retries": "3",
+        "request_timeout": 30,
+        "allowed_fails": 1,
+        "fallbacks": [{"gpt-4o-mini": ["backup"]}],
+        "context_window_fallbacks": [{"gpt-4o-mini": ["backup"]}],
+        "success_callback": ["langfuse"],
+    }
+    raw["router_settings"] = {"allowed_fails": 5}  # router_settings wins, as in LiteLLM
+    config = build_config(raw, env)
+    router = config.router
+    assert (router.num_retries, router.timeout, router.allowed_fails) == (3, 30, 5)
+    assert router.fallbacks_for("gpt-4o-mini") == ["backup"]
+    assert router.fallbacks_for("gpt-4o-mini", context_window=True) == ["backup"]
+    assert [k for k in config.ignored_keys if k.startswith("litellm_settings")] == [
+        "litellm_settings.drop_params",
+        "litellm_settings.success_callback",
+    ]
+
+    raw["litellm_settings"] = {"num_retries": -1, "fallbacks": [{"gpt-4o-mini": ["gpt-5"]}]}
+    with pytest.raises(ConfigError) as raised:
+        build_config(raw, env)
+    assert raised.value.problems == [
+        "litellm_settings.num_retries: Input should be greater than or equal to 0",
+        "litellm_settings.fallbacks: no model_name 'gpt-5'",
+    ]
 
 
 def test_settings_are_typed_bounded_and_named_by_path(env):

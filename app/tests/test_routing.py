@@ -87,6 +87,28 @@ def test_context_window_fallbacks(start_gateway, pg_cluster, database):
     assert attempts == 2 and deployment.startswith("openai/fake-model@")
 
 
+def test_retries_and_fallbacks_under_litellm_settings_apply(start_gateway, pg_cluster, database):
+    # LiteLLM's docs put them there; its Router reads them when router_settings does not.
+    litellm = {"num_retries": 1, "fallbacks": [{"upstream-500": ["gpt-test"]}]}
+    gw = start_gateway(pg_cluster.url(database), litellm_settings=litellm)
+    reply, request_id = chat(gw, "upstream-500")
+    assert reply.status == 200
+    status, deployment, attempts = logged(pg_cluster, database, request_id)
+    assert (status, attempts) == (200, 3)  # two on the model, one on its fallback
+    assert deployment.startswith("openai/fake-model@")
+
+
+def test_router_settings_win_over_litellm_settings(start_gateway, pg_cluster, database):
+    gw = start_gateway(
+        pg_cluster.url(database),
+        router_settings={"num_retries": 0},
+        litellm_settings={"num_retries": 3},
+    )
+    reply, request_id = chat(gw, "upstream-500")
+    assert reply.status == 502
+    assert logged(pg_cluster, database, request_id)[2] == 1
+
+
 @pytest.mark.parametrize(
     ("router", "problem"),
     [

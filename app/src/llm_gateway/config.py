@@ -151,14 +151,65 @@ class RouterSettings(BaseModel):
         return [name for entry in table for name in entry.get(model, [])]
 
 
-def _router_settings(raw: Any, deployments: dict, problems: list[str]) -> RouterSettings:
-    settings = _validated(RouterSettings, raw or {}, "router_settings", problems)
-    for table in (settings.fallbacks, settings.context_window_fallbacks):
-        for entry in table:
-            for name in [*entry, *(n for names in entry.values() for n in names)]:
-                if name not in deployments:
-                    problems.append(f"router_settings fallbacks: no model_name {name!r}")
+class LitellmRouterDefaults(BaseModel):
+    """The ``litellm_settings`` keys LiteLLM's Router falls back to when ``router_settings``
+    leaves them out (``Router.__init__``: ``num_retries`` else ``litellm.num_retries``,
+    ``timeout or litellm.request_timeout``, ``fallbacks or litellm.fallbacks``, ...). LiteLLM's
+    own docs put retries and fallbacks there, so a file written that way must get them:
+    dropping them would leave a deployment's failures unretried without a word."""
+
+    model_config = ConfigDict(extra="ignore")  # the rest is reported as ignored
+
+    num_retries: int | None = Field(default=None, ge=0, le=10)
+    request_timeout: float | None = Field(default=None, gt=0, le=3600)
+    allowed_fails: int | None = Field(default=None, ge=0, le=10_000)
+    fallbacks: list[dict[str, list[str]]] | None = None
+    context_window_fallbacks: list[dict[str, list[str]]] | None = None
+
+
+# litellm_settings key -> the router_settings key it stands in for.
+_LITELLM_ROUTER_KEYS = {
+    "num_retries": "num_retries",
+    "request_timeout": "timeout",
+    "allowed_fails": "allowed_fails",
+    "fallbacks": "fallbacks",
+    "context_window_fallbacks": "context_window_fallbacks",
+}
+
+
+def _router_settings(
+    raw: Any, litellm: dict, deployments: dict, problems: list[str]
+) -> RouterSettings:
+    defaults = _validated(LitellmRouterDefaults, litellm, "litellm_settings", problems)
+    raw = dict(raw) if isinstance(raw, dict) else raw or {}
+    origin = {}  # where each table came from, to name it in problems
+    if isinstance(raw, dict):
+        for key, router_key in _LITELLM_ROUTER_KEYS.items():
+            value = getattr(defaults, key)
+            if value is not None and raw.get(router_key) in (None, []):
+                raw[router_key] = value
+                origin[router_key] = f"litellm_settings.{key}"
+    settings = _validated(RouterSettings, raw, "router_settings", problems)
+    for key in ("fallbacks", "context_window_fallbacks"):
+        where = origin.get(key, f"router_settings.{key}")
+        # From the input, so an unknown name is reported even when another setting is
+        # invalid (then the defaults stand in and the tables would be empty).
+        for name in _fallback_names(raw.get(key) if isinstance(raw, dict) else None):
+            if name not in deployments:
+                problems.append(f"{where}: no model_name {name!r}")
     return settings
+
+
+def _fallback_names(table: Any) -> list[str]:
+    """Every model name in a ``[{model: [fallbacks]}]`` table (a malformed one is the
+    model's problem to report)."""
+    names = []
+    for entry in table if isinstance(table, list) else []:
+        for model, fallbacks in entry.items() if isinstance(entry, dict) else []:
+            names.append(model)
+            if isinstance(fallbacks, list):
+                names += [name for name in fallbacks if isinstance(name, str)]
+    return names
 
 
 @dataclass(frozen=True)
@@ -289,14 +340,21 @@ def _parse_keys(general: dict, env: EnvSettings, problems: list[str]) -> dict[st
 
 def _validated(model: type[BaseModel], raw: Any, where: str, problems: list[str]):
     """``model`` from ``raw``; each problem, named by its path, goes to ``problems`` (then
-    the defaults stand in, so the other checks still run)."""
+    the defaults stand in for the invalid keys, so the other checks still run on the
+    valid ones)."""
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
         for error in exc.errors():
-            path = ".".join(str(part) for part in error["loc"])
-            problems.append(f"{where}.{path}: {error['msg']}")
-        return model()
+            path = ".".join(str(part) for part in (where, *error["loc"]))
+            problems.append(f"{path}: {error['msg']}")
+        if not isinstance(raw, dict):
+            return model()
+        invalid = {error["loc"][0] for error in exc.errors() if error["loc"]}
+        try:
+            return model.model_validate({k: v for k, v in raw.items() if k not in invalid})
+        except ValidationError:
+            return model()
 
 
 # LiteLLM's own general_settings names for the same knobs, so its files work unchanged.
@@ -307,7 +365,7 @@ _LITELLM_DB_ALIASES = {
 
 
 # What this gateway reads; any other key of a LiteLLM file is reported as ignored.
-_TOP_LEVEL_KEYS = {"model_list", "general_settings", "router_settings"}
+_TOP_LEVEL_KEYS = {"model_list", "general_settings", "router_settings", "litellm_settings"}
 _GENERAL_KEYS = {
     "master_key", "api_keys", "writer",
     *DatabaseSettings.model_fields, *ServiceSettings.model_fields, *_LITELLM_DB_ALIASES,
@@ -318,6 +376,9 @@ _MODEL_INFO_KEYS = {"id", "input_cost_per_token", "output_cost_per_token"}
 
 def _unimplemented_keys(raw: dict, general: dict, model_list: list) -> tuple[str, ...]:
     ignored = [f"{key}" for key in raw if key not in _TOP_LEVEL_KEYS]
+    litellm = raw.get("litellm_settings")
+    if isinstance(litellm, dict):
+        ignored += [f"litellm_settings.{k}" for k in litellm if k not in _LITELLM_ROUTER_KEYS]
     ignored += [f"general_settings.{key}" for key in general if key not in _GENERAL_KEYS]
     router = raw.get("router_settings")
     if isinstance(router, dict):
@@ -353,7 +414,11 @@ def build_config(raw: Any, env: EnvSettings) -> GatewayConfig:
             deployments.setdefault(deployment.model_name, []).append(deployment)
 
     key_aliases = _parse_keys(general, env, problems)
-    router = _router_settings(raw.get("router_settings"), deployments, problems)
+    litellm = raw.get("litellm_settings") or {}
+    if not isinstance(litellm, dict):
+        problems.append("litellm_settings: must be a mapping")
+        litellm = {}
+    router = _router_settings(raw.get("router_settings"), litellm, deployments, problems)
     database_raw = {
         _LITELLM_DB_ALIASES.get(key, key): value
         for key, value in general.items()
