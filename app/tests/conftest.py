@@ -283,6 +283,7 @@ def gateway_config(
             entry("balanced", "fake-b", upstreams.fast.api_base),
             entry("upstream-400", "fake-error-400", upstreams.fast.api_base),
             entry("upstream-429", "fake-error-429", upstreams.fast.api_base),
+            entry("upstream-429-ms", "fake-rate-limited-ms", upstreams.fast.api_base),
             entry("upstream-500", "fake-error-500", upstreams.fast.api_base),
             entry("slow", "fake-model", upstreams.slow.api_base, timeout=0.5),
             entry("slow-ok", "fake-model", upstreams.slow.api_base),

@@ -77,6 +77,16 @@ def test_retry_after_is_honoured_before_trying_the_same_deployment_again(
     assert logged(pg_cluster, database, request_id)[2] == 2
 
 
+def test_retry_after_ms_is_honoured_and_relayed(start_gateway, pg_cluster, database):
+    # OpenAI's own header, in milliseconds; the openai SDK reads it before Retry-After.
+    gw = start_gateway(pg_cluster.url(database), router_settings={"num_retries": 1})
+    started = time.monotonic()
+    reply, request_id = chat(gw, "upstream-429-ms")  # the fake sends retry-after-ms: 1200
+    assert time.monotonic() - started >= 1.2
+    assert reply.status == 429 and reply.headers["retry-after-ms"] == "1200"
+    assert logged(pg_cluster, database, request_id)[2] == 2
+
+
 def test_context_window_fallbacks(start_gateway, pg_cluster, database):
     router = {"context_window_fallbacks": [{"ctx-small": ["gpt-test"]}],
               "fallbacks": [{"ctx-small": ["upstream-500"]}]}  # fmt: skip

@@ -36,6 +36,7 @@ Per-request controls, for tests
                                   answer (a misbehaving provider; at most 1000)
     model "fake-refusal"          the model refuses (message.refusal, streamed as deltas)
     model "fake-context-exceeded" 400 with OpenAI's context_length_exceeded error
+    model "fake-rate-limited-ms"  429 whose only wait is OpenAI's retry-after-ms: 1200
     "tools" in the request        the answer calls the first tool with {"text": <last
                                   user message>} (tool_calls; streamed in fragments)
     model "fake-encoded-<coding>" answer (plain or streamed) in that content coding
@@ -81,6 +82,7 @@ NUMBER_PARAMETERS = ("temperature", "top_p", "presence_penalty", "frequency_pena
 REFUSAL_MODEL = "fake-refusal"
 CONTEXT_EXCEEDED_MODEL = "fake-context-exceeded"
 CONTEXT_EXCEEDED = "context_length_exceeded"  # OpenAI's error code
+RATE_LIMITED_MS_MODEL = "fake-rate-limited-ms"
 REFUSAL = "I'm sorry, but I can't help with that request."
 # Streamed tool-call arguments arrive in fragments of this many characters.
 ARGUMENT_FRAGMENT = 8
@@ -308,6 +310,10 @@ async def admit(request: web.Request, required: str) -> tuple[dict, web.Response
     if model == CONTEXT_EXCEEDED_MODEL:
         message = "This model's maximum context length is 16 tokens. Please reduce the length."
         return payload, error_response(400, message, param="messages", code=CONTEXT_EXCEEDED)
+    if model == RATE_LIMITED_MS_MODEL:
+        # OpenAI says how long to wait in milliseconds too; clients read it first.
+        headers = {"retry-after-ms": "1200"}
+        return payload, error_response(429, "fake upstream: rate limited", headers)
     status = requested_status(request, model)
     if status is None and settings.error_rate and settings.rng.random() < settings.error_rate:
         status = settings.rng.choice(INJECTED_STATUSES)

@@ -274,11 +274,11 @@ def _map_upstream_error(status: int, raw: bytes) -> tuple[int, dict]:
 
 
 async def _upstream_error_response(
-    gateway: Gateway, ex: Exchange, status: int, body: dict, retry_after: str | None
+    gateway: Gateway, ex: Exchange, status: int, body: dict, retry_after: dict[str, str]
 ) -> Response:
     headers = await _log(gateway, ex, status, body, None)
-    if retry_after and status == 429:
-        headers["Retry-After"] = retry_after  # clients (the openai SDK too) honour it
+    if status == 429:
+        headers.update(retry_after)  # clients (the openai SDK too) honour them
     return _json_response(status, body, headers)
 
 

@@ -6,14 +6,19 @@ that another attempt may cure are retried: no answer at all (connection, timeout
 409, 429 and 5xx. A 400 that says the context window was exceeded switches to the
 model's ``context_window_fallbacks``. Moving on to an untried deployment happens at once;
 trying one again waits first (exponential, at least ``retry_after``, and at least what
-the upstream's Retry-After asked, up to MAX_WAIT_S). A stream is retried only until the
-upstream answered 200: once bytes go to the client, the answer is that deployment's.
+the upstream asked, up to MAX_WAIT_S: OpenAI's ``retry-after-ms``, else ``Retry-After`` in
+seconds or as an HTTP date, read in that order as the openai SDK reads them). A stream is
+retried only until the upstream answered 200: once bytes go to the client, the answer is
+that deployment's.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import math
+import time
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -27,15 +32,31 @@ if TYPE_CHECKING:
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_WAIT_S = 10.0
 FIRST_BACKOFF_S = 0.1
+# How an upstream says when to come back, most precise first (OpenAI sends both).
+RETRY_AFTER_HEADERS = ("retry-after-ms", "Retry-After")
 
 
 @dataclass
 class Attempt:
     status: int  # the upstream's, or 0 when it did not answer (see error)
     raw: bytes = b""
-    retry_after: str | None = None
+    # The upstream's RETRY_AFTER_HEADERS, as sent: honoured here, relayed with a 429.
+    retry_after: dict[str, str] = field(default_factory=dict)
     stream: aiohttp.ClientResponse | None = None  # open response of a 200 stream
     error: BaseException | None = None
+
+    @property
+    def asked_wait_s(self) -> float:
+        """How long the upstream asked us to wait, in seconds (0: it did not say)."""
+        if (millis := _number(self.retry_after.get("retry-after-ms"))) is not None:
+            return millis / 1000
+        value = self.retry_after.get("Retry-After")
+        if (seconds := _number(value)) is not None:
+            return seconds
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return 0.0
 
     @property
     def retryable(self) -> bool:
@@ -87,18 +108,22 @@ async def call(
         return Attempt(0, error=exc)
     finally:
         upstream.release()
-    return Attempt(upstream.status, raw, upstream.headers.get("Retry-After"))
+    asked = {name: upstream.headers.get(name) for name in RETRY_AFTER_HEADERS}
+    return Attempt(upstream.status, raw, {k: v for k, v in asked.items() if v})
+
+
+def _number(value: str | None) -> float | None:
+    """A non-negative finite number of a header, else None."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
 
 
 def wait_before_retry(attempt: Attempt, retries_so_far: int, settings: RouterSettings) -> float:
     backoff = FIRST_BACKOFF_S * 2**retries_so_far
-    asked = 0.0
-    if attempt.retry_after:
-        try:
-            asked = float(attempt.retry_after)
-        except ValueError:
-            asked = 0.0  # an HTTP date: the backoff has to do
-    return min(MAX_WAIT_S, max(backoff, settings.retry_after, asked))
+    return min(MAX_WAIT_S, max(backoff, settings.retry_after, attempt.asked_wait_s))
 
 
 async def call_with_retries(
