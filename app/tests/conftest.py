@@ -264,7 +264,7 @@ def gateway_config(
     litellm_settings: dict | None = None,
     **general,
 ) -> dict:
-    def entry(name, model, api_base, timeout=30, price=(0.000001, 0.000002)):
+    def entry(name, model, api_base, timeout=30, price=(0.000001, 0.000002), **params):
         return {
             "model_name": name,
             "litellm_params": {
@@ -272,6 +272,7 @@ def gateway_config(
                 "api_base": api_base,
                 "api_key": f"os.environ/{PROVIDER_KEY_ENV}",
                 "timeout": timeout,
+                **params,
             },
             "model_info": {"input_cost_per_token": price[0], "output_cost_per_token": price[1]},
         }
@@ -287,6 +288,7 @@ def gateway_config(
             entry("upstream-500", "fake-error-500", upstreams.fast.api_base),
             entry("slow", "fake-model", upstreams.slow.api_base, timeout=0.5),
             entry("slow-ok", "fake-model", upstreams.slow.api_base),
+            entry("slow-stream", "fake-model", upstreams.slow.api_base, stream_timeout=0.5),
             entry("nested", "fake-nested-300", upstreams.fast.api_base),
             entry("refusal", "fake-refusal", upstreams.fast.api_base),
             # One deployment fails, one answers: retries and cooldowns.

@@ -226,6 +226,31 @@ def test_litellm_settings_retries_timeout_and_fallbacks_reach_the_router(env):
     ]
 
 
+def test_deployment_timeouts_are_bounded(env):
+    raw = yaml.safe_load(LITELLM_FILE)
+    raw["model_list"][0]["litellm_params"].update(timeout=float("nan"), stream_timeout=-1)
+    raw["model_list"][1]["litellm_params"].update(timeout="inf")
+    raw["model_list"][1]["model_info"] = {"input_cost_per_token": float("inf")}
+    with pytest.raises(ConfigError) as raised:
+        build_config(raw, env)
+    assert raised.value.problems == [
+        "model_list[0] ('gpt-4o-mini'): litellm_params.timeout: Input should be a finite number",
+        "model_list[0] ('gpt-4o-mini'): litellm_params.stream_timeout: "
+        "Input should be greater than or equal to 0",
+        "model_list[1] ('gpt-4o-mini'): litellm_params.timeout: Input should be a finite number",
+        "model_list[1] ('gpt-4o-mini').input_cost_per_token: "
+        "must be a finite number, not negative (inf)",
+    ]
+    raw["model_list"][0]["litellm_params"].update(timeout=0, stream_timeout="2.5")
+    raw["model_list"][1]["litellm_params"].update(timeout=None)
+    raw["model_list"][1]["model_info"] = {}
+    config = build_config(raw, env)
+    first, second = config.deployments["gpt-4o-mini"]
+    assert (first.timeout_s, first.stream_timeout_s) == (None, 2.5)  # 0: unset, as LiteLLM
+    assert (second.timeout_s, second.stream_timeout_s) == (None, None)
+    assert not [key for key in config.ignored_keys if "timeout" in key]
+
+
 def test_settings_are_typed_bounded_and_named_by_path(env):
     raw = yaml.safe_load(LITELLM_FILE)
     raw["general_settings"].update(

@@ -87,6 +87,16 @@ def test_retry_after_ms_is_honoured_and_relayed(start_gateway, pg_cluster, datab
     assert logged(pg_cluster, database, request_id)[2] == 2
 
 
+def test_a_deployments_stream_timeout_bounds_its_streams(start_gateway, pg_cluster, database):
+    # litellm_params.stream_timeout: 0.5 on an upstream that answers after 3 s (timeout 30)
+    gw = start_gateway(pg_cluster.url(database))
+    reply, request_id = chat(gw, "slow-stream", stream=True)
+    assert reply.status == 504
+    assert logged(pg_cluster, database, request_id)[:1] == (504,)
+    reply, request_id = chat(gw, "slow-stream")  # not a stream: the 30 s timeout
+    assert reply.status == 200
+
+
 def test_context_window_fallbacks(start_gateway, pg_cluster, database):
     router = {"context_window_fallbacks": [{"ctx-small": ["gpt-test"]}],
               "fallbacks": [{"ctx-small": ["upstream-500"]}]}  # fmt: skip

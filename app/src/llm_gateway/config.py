@@ -9,6 +9,7 @@ deploy fails at once instead of on the first request.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,8 @@ class Deployment:
     api_version: str | None = None  # Azure
     # Names the deployment in the log: model_info.id, else provider/model@host.
     label: str = ""
+    # Streams: this, else router_settings.stream_timeout, else the timeout above.
+    stream_timeout_s: float | None = None
 
     def url(self, path: str) -> str:
         """The upstream URL of an endpoint (``path`` like "/chat/completions")."""
@@ -253,9 +256,18 @@ def _number(raw: dict, key: str, default: float, where: str, problems: list[str]
     except (TypeError, ValueError):
         problems.append(f"{where}.{key}: not a number ({value!r})")
         return default
-    if number < 0:
-        problems.append(f"{where}.{key}: must not be negative")
+    if not math.isfinite(number) or number < 0:
+        problems.append(f"{where}.{key}: must be a finite number, not negative ({value!r})")
+        return default
     return number
+
+
+class DeploymentTimeouts(BaseModel):
+    """``litellm_params.timeout`` and ``stream_timeout``, bounded like the router's (a NaN
+    would time every call out at once). 0 or null means unset, as LiteLLM reads them."""
+
+    timeout: float | None = Field(default=None, ge=0, le=3600, allow_inf_nan=False)
+    stream_timeout: float | None = Field(default=None, ge=0, le=3600, allow_inf_nan=False)
 
 
 def _parse_deployment(index: int, entry: Any, problems: list[str]) -> Deployment | None:
@@ -297,10 +309,8 @@ def _parse_deployment(index: int, entry: Any, problems: list[str]) -> Deployment
         api_version = _resolve_secret(params.get("api_version"), where, problems)
     if api_base and not api_base.startswith(("http://", "https://")):
         problems.append(f"{label}: litellm_params.api_base must be an http(s) URL")
-    timeout = None
-    if params.get("timeout") is not None:
-        where = f"{label}: litellm_params"
-        timeout = _number(params, "timeout", DEFAULT_TIMEOUT_S, where, problems) or None
+    given = {key: params[key] for key in DeploymentTimeouts.model_fields if key in params}
+    timeouts = _validated(DeploymentTimeouts, given, f"{label}: litellm_params", problems)
     if (kind.needs_key and api_key is None) or api_base is None:
         return None
     if provider == "azure" and api_version is None:
@@ -312,7 +322,8 @@ def _parse_deployment(index: int, entry: Any, problems: list[str]) -> Deployment
         api_key=SecretStr(api_key) if api_key is not None else None,
         provider=provider,
         api_version=api_version,
-        timeout_s=timeout,
+        timeout_s=timeouts.timeout or None,
+        stream_timeout_s=timeouts.stream_timeout or None,
         label=str(info.get("id") or f"{provider}/{upstream_model}@{urlsplit(api_base).netloc}"),
         input_cost_per_token=_number(info, "input_cost_per_token", 0.0, label, problems),
         output_cost_per_token=_number(info, "output_cost_per_token", 0.0, label, problems),
@@ -370,7 +381,7 @@ _GENERAL_KEYS = {
     "master_key", "api_keys", "writer",
     *DatabaseSettings.model_fields, *ServiceSettings.model_fields, *_LITELLM_DB_ALIASES,
 }  # fmt: skip
-_PARAMS_KEYS = {"model", "api_base", "api_key", "api_version", "timeout"}
+_PARAMS_KEYS = {"model", "api_base", "api_key", "api_version", *DeploymentTimeouts.model_fields}
 _MODEL_INFO_KEYS = {"id", "input_cost_per_token", "output_cost_per_token"}
 
 

@@ -93,8 +93,10 @@ class Gateway:
         if timeout is None:
             router = self.config.router
             seconds = deployment.timeout_s or router.timeout or DEFAULT_TIMEOUT_S
-            if stream and router.stream_timeout:
-                seconds = router.stream_timeout
+            if stream:
+                # LiteLLM's order: the deployment's stream_timeout, the router's, else
+                # the timeout.
+                seconds = deployment.stream_timeout_s or router.stream_timeout or seconds
             # sock_read bounds each wait for bytes, so long streams are fine while
             # a stalled upstream still times out.
             timeout = aiohttp.ClientTimeout(
