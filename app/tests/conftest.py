@@ -321,6 +321,9 @@ def gateway_config(
             **general,
         },
     }
+    if router_settings is None and litellm_settings is None:
+        # Tests of error answers want the upstream's first failure as the answer.
+        router_settings = {"num_retries": 0}
     if router_settings is not None:
         config["router_settings"] = router_settings
     if litellm_settings is not None:

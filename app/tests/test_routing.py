@@ -42,10 +42,19 @@ def test_a_failing_deployment_is_retried_elsewhere_then_cooled_down(
 
 
 def test_without_retries_the_failure_is_the_answer(start_gateway, pg_cluster, database):
-    gw = start_gateway(pg_cluster.url(database))  # num_retries defaults to 0, as LiteLLM's
+    gw = start_gateway(pg_cluster.url(database), router_settings={"num_retries": 0})
     reply, request_id = chat(gw, "flaky")
     assert reply.status == 502
     assert logged(pg_cluster, database, request_id)[2] == 1
+
+
+def test_two_retries_by_default_as_litellm(start_gateway, pg_cluster, database):
+    # LiteLLM's Router: num_retries, else litellm_settings.num_retries, else the openai
+    # SDK's DEFAULT_MAX_RETRIES (2). A file that never mentions retries gets them there.
+    gw = start_gateway(pg_cluster.url(database), router_settings={})
+    reply, request_id = chat(gw, "upstream-500")
+    assert reply.status == 502
+    assert logged(pg_cluster, database, request_id)[2] == 3
 
 
 def test_fallbacks_answer_when_every_deployment_fails(start_gateway, pg_cluster, database):

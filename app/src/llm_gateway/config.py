@@ -140,7 +140,9 @@ class RouterSettings(BaseModel):
 
     model_config = ConfigDict(extra="allow")  # extras are reported as ignored
 
-    num_retries: int = Field(default=0, ge=0, le=10)  # further attempts after the first
+    # Further attempts after the first. LiteLLM's Router defaults to the openai SDK's
+    # DEFAULT_MAX_RETRIES (2) when neither router_settings nor litellm_settings set it.
+    num_retries: int = Field(default=2, ge=0, le=10)
     timeout: float | None = Field(default=None, gt=0, le=3600)  # default per-call timeout
     stream_timeout: float | None = Field(default=None, gt=0, le=3600)
     allowed_fails: int = Field(default=3, ge=0, le=10_000)  # before a cooldown
