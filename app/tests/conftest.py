@@ -295,6 +295,7 @@ def gateway_config(
             entry("flaky", "fake-error-503", upstreams.fast.api_base),
             entry("flaky", "fake-model", upstreams.fast.api_base),
             entry("ctx-small", "fake-context-exceeded", upstreams.fast.api_base),
+            entry("policy", "fake-content-policy", upstreams.fast.api_base),
             *(
                 entry(f"encoded-{c}", f"fake-encoded-{c}", upstreams.fast.api_base)
                 for c in ("gzip", "deflate", "br", "zstd")

@@ -211,7 +211,7 @@ def test_litellm_settings_retries_timeout_and_fallbacks_reach_the_router(env):
     router = config.router
     assert (router.num_retries, router.timeout, router.allowed_fails) == (3, 30, 5)
     assert router.fallbacks_for("gpt-4o-mini") == ["backup"]
-    assert router.fallbacks_for("gpt-4o-mini", context_window=True) == ["backup"]
+    assert router.fallbacks_for("gpt-4o-mini", "context_window_fallbacks") == ["backup"]
     assert [k for k in config.ignored_keys if k.startswith("litellm_settings")] == [
         "litellm_settings.drop_params",
         "litellm_settings.success_callback",

@@ -139,11 +139,38 @@ def test_router_settings_win_over_litellm_settings(start_gateway, pg_cluster, da
 
 
 @pytest.mark.parametrize(
+    "router",
+    [
+        {"num_retries": 0, "default_fallbacks": ["gpt-test"]},
+        {"num_retries": 0, "fallbacks": [{"*": ["gpt-test"]}, {"flaky": ["upstream-500"]}]},
+    ],
+)
+def test_generic_fallbacks_answer_for_models_without_their_own(
+    start_gateway, pg_cluster, database, router
+):
+    gw = start_gateway(pg_cluster.url(database), router_settings=router)
+    reply, request_id = chat(gw, "upstream-500")
+    assert reply.status == 200
+    status, deployment, attempts = logged(pg_cluster, database, request_id)
+    assert (status, attempts) == (200, 2) and deployment.startswith("openai/fake-model@")
+
+
+def test_content_policy_fallbacks(start_gateway, pg_cluster, database):
+    router = {"content_policy_fallbacks": [{"policy": ["gpt-test"]}]}
+    gw = start_gateway(pg_cluster.url(database), router_settings=router)
+    reply, request_id = chat(gw, "policy")  # the fake refuses with content_policy_violation
+    assert reply.status == 200
+    status, deployment, attempts = logged(pg_cluster, database, request_id)
+    assert (status, attempts) == (200, 2) and deployment.startswith("openai/fake-model@")
+
+
+@pytest.mark.parametrize(
     ("router", "problem"),
     [
         ({"num_retries": -1}, "router_settings.num_retries"),
         ({"fallbacks": [{"gpt-test": ["no-such-model"]}]}, "no model_name 'no-such-model'"),
         ({"cooldown_time": "soon"}, "router_settings.cooldown_time"),
+        ({"default_fallbacks": ["gpt-5"]}, "router_settings.default_fallbacks: no model_name"),
     ],
 )
 def test_bad_router_settings_stop_startup(start_gateway, pg_cluster, database, router, problem):

@@ -148,12 +148,24 @@ class RouterSettings(BaseModel):
     allowed_fails: int = Field(default=3, ge=0, le=10_000)  # before a cooldown
     cooldown_time: float = Field(default=5.0, ge=0, le=3600)  # seconds out of rotation
     retry_after: float = Field(default=0.0, ge=0, le=60)  # least wait before a retry
+    # [{model_name: [fallback model_names]}]; the key "*" is every model without its own
+    # entry, as in LiteLLM.
     fallbacks: list[dict[str, list[str]]] = []
     context_window_fallbacks: list[dict[str, list[str]]] = []
+    content_policy_fallbacks: list[dict[str, list[str]]] = []
+    default_fallbacks: list[str] = []  # LiteLLM adds them to fallbacks as {"*": [...]}
 
-    def fallbacks_for(self, model: str, context_window: bool = False) -> list[str]:
-        table = self.context_window_fallbacks if context_window else self.fallbacks
-        return [name for entry in table for name in entry.get(model, [])]
+    def fallbacks_for(self, model: str, table: str = "fallbacks") -> list[str]:
+        """The model_names to try, in order, after ``model`` failed (``table``: fallbacks,
+        context_window_fallbacks or content_policy_fallbacks)."""
+        entries = getattr(self, table)
+        own = [name for entry in entries for name in entry.get(model, [])]
+        if own:
+            return own
+        generic = [name for entry in entries for name in entry.get("*", [])]
+        if table == "fallbacks":
+            generic += self.default_fallbacks
+        return [name for name in dict.fromkeys(generic) if name != model]
 
 
 class LitellmRouterDefaults(BaseModel):
@@ -170,6 +182,8 @@ class LitellmRouterDefaults(BaseModel):
     allowed_fails: int | None = Field(default=None, ge=0, le=10_000)
     fallbacks: list[dict[str, list[str]]] | None = None
     context_window_fallbacks: list[dict[str, list[str]]] | None = None
+    content_policy_fallbacks: list[dict[str, list[str]]] | None = None
+    default_fallbacks: list[str] | None = None
 
 
 # litellm_settings key -> the router_settings key it stands in for.
@@ -179,7 +193,10 @@ _LITELLM_ROUTER_KEYS = {
     "allowed_fails": "allowed_fails",
     "fallbacks": "fallbacks",
     "context_window_fallbacks": "context_window_fallbacks",
+    "content_policy_fallbacks": "content_policy_fallbacks",
+    "default_fallbacks": "default_fallbacks",
 }
+FALLBACK_TABLES = ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks")
 
 
 def _router_settings(
@@ -195,12 +212,15 @@ def _router_settings(
                 raw[router_key] = value
                 origin[router_key] = f"litellm_settings.{key}"
     settings = _validated(RouterSettings, raw, "router_settings", problems)
-    for key in ("fallbacks", "context_window_fallbacks"):
+    for key in (*FALLBACK_TABLES, "default_fallbacks"):
         where = origin.get(key, f"router_settings.{key}")
         # From the input, so an unknown name is reported even when another setting is
         # invalid (then the defaults stand in and the tables would be empty).
-        for name in _fallback_names(raw.get(key) if isinstance(raw, dict) else None):
-            if name not in deployments:
+        table = raw.get(key) if isinstance(raw, dict) else None
+        if key == "default_fallbacks":
+            table = [{"*": table}]
+        for name in _fallback_names(table):
+            if name not in deployments and name != "*":
                 problems.append(f"{where}: no model_name {name!r}")
     return settings
 

@@ -37,6 +37,7 @@ Per-request controls, for tests
     model "fake-refusal"          the model refuses (message.refusal, streamed as deltas)
     model "fake-context-exceeded" 400 with OpenAI's context_length_exceeded error
     model "fake-rate-limited-ms"  429 whose only wait is OpenAI's retry-after-ms: 1200
+    model "fake-content-policy"   400 with OpenAI's content_policy_violation error
     "tools" in the request        the answer calls the first tool with {"text": <last
                                   user message>} (tool_calls; streamed in fragments)
     model "fake-encoded-<coding>" answer (plain or streamed) in that content coding
@@ -83,6 +84,7 @@ REFUSAL_MODEL = "fake-refusal"
 CONTEXT_EXCEEDED_MODEL = "fake-context-exceeded"
 CONTEXT_EXCEEDED = "context_length_exceeded"  # OpenAI's error code
 RATE_LIMITED_MS_MODEL = "fake-rate-limited-ms"
+CONTENT_POLICY_MODEL = "fake-content-policy"
 REFUSAL = "I'm sorry, but I can't help with that request."
 # Streamed tool-call arguments arrive in fragments of this many characters.
 ARGUMENT_FRAGMENT = 8
@@ -310,6 +312,9 @@ async def admit(request: web.Request, required: str) -> tuple[dict, web.Response
     if model == CONTEXT_EXCEEDED_MODEL:
         message = "This model's maximum context length is 16 tokens. Please reduce the length."
         return payload, error_response(400, message, param="messages", code=CONTEXT_EXCEEDED)
+    if model == CONTENT_POLICY_MODEL:
+        message = "Your request was rejected as a result of our safety system."
+        return payload, error_response(400, message, code="content_policy_violation")
     if model == RATE_LIMITED_MS_MODEL:
         # OpenAI says how long to wait in milliseconds too; clients read it first.
         headers = {"retry-after-ms": "1200"}

@@ -19,8 +19,9 @@ class Router:
 
     Deployments sharing a model_name take turns (round robin). A call gets
     ``num_retries`` further attempts on the model's deployments, then the same on each
-    fallback model_name. A deployment that failed more than ``allowed_fails`` times in a
-    row leaves the rotation for ``cooldown_time`` seconds (unless all of them are out).
+    fallback model_name (its own, else the generic "*" ones and default_fallbacks). A
+    deployment that failed more than ``allowed_fails`` times in a row leaves the rotation
+    for ``cooldown_time`` seconds (unless all of them are out).
     """
 
     def __init__(self, deployments: dict[str, list[Deployment]], settings: RouterSettings):
@@ -45,12 +46,13 @@ class Router:
         warm = [d for d in ordered if self._cooling_until.get(id(d), 0.0) <= now]
         return warm or ordered
 
-    def plan(self, model: str, context_window: bool = False) -> list[Deployment]:
-        """The deployments to try for ``model`` (or, with ``context_window``, for its
-        context-window fallbacks only), first to last."""
+    def plan(self, model: str, special: str | None = None) -> list[Deployment]:
+        """The deployments to try for ``model`` and its fallbacks, first to last; with
+        ``special`` (context_window_fallbacks, content_policy_fallbacks), only that
+        table's fallbacks."""
         attempts = self.settings.num_retries + 1
-        models = [] if context_window else [model]
-        models += self.settings.fallbacks_for(model, context_window)
+        models = [model] if special is None else []
+        models += self.settings.fallbacks_for(model, special or "fallbacks")
         plan: list[Deployment] = []
         for name in models:
             if name in self.deployments:

@@ -4,7 +4,8 @@ A call tries the deployments the router plans (router_settings: ``num_retries`` 
 attempts over the model's deployments, then each fallback model_name). Only failures
 that another attempt may cure are retried: no answer at all (connection, timeout), 408,
 409, 429 and 5xx. A 400 that says the context window was exceeded switches to the
-model's ``context_window_fallbacks``. Moving on to an untried deployment happens at once;
+model's ``context_window_fallbacks``, one that cites the content policy to its
+``content_policy_fallbacks``. Moving on to an untried deployment happens at once;
 trying one again waits first (exponential, at least ``retry_after``, and at least what
 the upstream asked, up to MAX_WAIT_S: OpenAI's ``retry-after-ms``, else ``Retry-After`` in
 seconds or as an HTTP date, read in that order as the openai SDK reads them). A stream is
@@ -63,16 +64,25 @@ class Attempt:
         return self.error is not None or self.status in RETRYABLE_STATUSES
 
     @property
-    def context_window_exceeded(self) -> bool:
+    def special_fallbacks(self) -> str | None:
+        """The fallback table a 400 of this kind switches to, as LiteLLM maps them: the
+        context window exceeded, or the provider's content policy (OpenAI's
+        content_policy_violation, Azure's content_filter)."""
         if self.status != 400:
-            return False
+            return None
         try:
             error = orjson.loads(self.raw).get("error") or {}
         except (orjson.JSONDecodeError, AttributeError):
-            return False
-        message = str(error.get("message", "")).lower() if isinstance(error, dict) else ""
-        code = error.get("code") if isinstance(error, dict) else None
-        return code == "context_length_exceeded" or "context length" in message
+            return None
+        if not isinstance(error, dict):
+            return None
+        message = str(error.get("message", "")).lower()
+        code = error.get("code")
+        if code == "context_length_exceeded" or "context length" in message:
+            return "context_window_fallbacks"
+        if code in ("content_policy_violation", "content_filter"):
+            return "content_policy_fallbacks"
+        return None
 
 
 def upstream_headers(deployment: Deployment) -> dict[str, str]:
@@ -133,7 +143,7 @@ async def call_with_retries(
     router = gateway.router
     plan = router.plan(model)
     tried: set[int] = set()
-    context_fallback_used = False
+    special_used = False  # one switch to a special table per call, as in LiteLLM
     attempt: Attempt | None = None
     made = 0
     while plan:
@@ -146,9 +156,10 @@ async def call_with_retries(
         if attempt.status == 200:
             router.succeeded(deployment)
             return attempt, deployment, made
-        if attempt.context_window_exceeded and not context_fallback_used:
-            context_fallback_used = True
-            plan = router.plan(model, context_window=True)
+        special = attempt.special_fallbacks
+        if special and not special_used:
+            special_used = True
+            plan = router.plan(model, special)
             continue
         if not attempt.retryable:
             return attempt, deployment, made
