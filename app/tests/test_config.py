@@ -226,6 +226,20 @@ def test_litellm_settings_retries_timeout_and_fallbacks_reach_the_router(env):
     ]
 
 
+def test_a_deployment_id_names_one_deployment(env):
+    raw = yaml.safe_load(LITELLM_FILE)
+    raw["model_list"][0]["model_info"]["id"] = "openai-east"
+    raw["model_list"][1]["model_info"] = {"id": "openai-east"}
+    with pytest.raises(ConfigError) as raised:
+        build_config(raw, env)
+    assert raised.value.problems == [
+        "model_list[1]: model_info.id 'openai-east' is already model_list[0]'s"
+    ]
+    raw["model_list"][1]["model_info"]["id"] = "local-vllm"
+    labels = [d.label for d in build_config(raw, env).deployments["gpt-4o-mini"]]
+    assert labels == ["openai-east", "local-vllm"]
+
+
 def test_deployment_timeouts_are_bounded(env):
     raw = yaml.safe_load(LITELLM_FILE)
     raw["model_list"][0]["litellm_params"].update(timeout=float("nan"), stream_timeout=-1)

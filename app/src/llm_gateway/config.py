@@ -441,10 +441,22 @@ def build_config(raw: Any, env: EnvSettings) -> GatewayConfig:
         general = {}
 
     deployments: dict[str, list[Deployment]] = {}
+    ids: dict[str, int] = {}  # model_info.id -> the entry that has it
     for index, entry in enumerate(model_list):
         deployment = _parse_deployment(index, entry, problems)
         if deployment is not None:
             deployments.setdefault(deployment.model_name, []).append(deployment)
+        info = entry.get("model_info") if isinstance(entry, dict) else None
+        given_id = info.get("id") if isinstance(info, dict) else None
+        if given_id is not None:
+            # The id names the deployment in the log; twice, the log could not tell them
+            # apart (and LiteLLM keys its deployments by it).
+            if str(given_id) in ids:
+                problems.append(
+                    f"model_list[{index}]: model_info.id {str(given_id)!r} is already "
+                    f"model_list[{ids[str(given_id)]}]'s"
+                )
+            ids.setdefault(str(given_id), index)
 
     key_aliases = _parse_keys(general, env, problems)
     litellm = raw.get("litellm_settings") or {}
