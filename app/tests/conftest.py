@@ -296,6 +296,9 @@ def gateway_config(
             entry("flaky", "fake-model", upstreams.fast.api_base),
             entry("ctx-small", "fake-context-exceeded", upstreams.fast.api_base),
             entry("policy", "fake-content-policy", upstreams.fast.api_base),
+            # One deployment breaks its streams off after the first delta, one answers.
+            entry("cut-flaky", "fake-stream-cut", upstreams.fast.api_base),
+            entry("cut-flaky", "fake-model", upstreams.fast.api_base),
             *(
                 entry(f"encoded-{c}", f"fake-encoded-{c}", upstreams.fast.api_base)
                 for c in ("gzip", "deflate", "br", "zstd")

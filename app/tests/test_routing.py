@@ -41,6 +41,19 @@ def test_a_failing_deployment_is_retried_elsewhere_then_cooled_down(
     assert [attempts for _, _, attempts in rows] == [2, 1, 1, 1]
 
 
+def test_a_deployment_that_breaks_its_streams_off_is_cooled_down(
+    start_gateway, pg_cluster, database
+):
+    router = {"num_retries": 0, "allowed_fails": 0, "cooldown_time": 60}
+    gw = start_gateway(pg_cluster.url(database), router_settings=router)
+    answers = [chat(gw, "cut-flaky", stream=True) for _ in range(4)]
+    rows = [logged(pg_cluster, database, request_id) for _, request_id in answers]
+    # The first stream met the breaking deployment (round robin starts there) and was
+    # not retried (bytes had gone out); that failure took it out of the rotation.
+    assert [status for status, _, _ in rows] == [502, 200, 200, 200]
+    assert len({deployment for _, deployment, _ in rows[1:]}) == 1
+
+
 def test_without_retries_the_failure_is_the_answer(start_gateway, pg_cluster, database):
     gw = start_gateway(pg_cluster.url(database), router_settings={"num_retries": 0})
     reply, request_id = chat(gw, "flaky")

@@ -38,6 +38,8 @@ Per-request controls, for tests
     model "fake-context-exceeded" 400 with OpenAI's context_length_exceeded error
     model "fake-rate-limited-ms"  429 whose only wait is OpenAI's retry-after-ms: 1200
     model "fake-content-policy"   400 with OpenAI's content_policy_violation error
+    model "fake-stream-cut"       a stream that breaks off after its first delta (the
+                                  connection is dropped, as by a crashing provider)
     "tools" in the request        the answer calls the first tool with {"text": <last
                                   user message>} (tool_calls; streamed in fragments)
     model "fake-encoded-<coding>" answer (plain or streamed) in that content coding
@@ -85,6 +87,7 @@ CONTEXT_EXCEEDED_MODEL = "fake-context-exceeded"
 CONTEXT_EXCEEDED = "context_length_exceeded"  # OpenAI's error code
 RATE_LIMITED_MS_MODEL = "fake-rate-limited-ms"
 CONTENT_POLICY_MODEL = "fake-content-policy"
+STREAM_CUT_MODEL = "fake-stream-cut"
 REFUSAL = "I'm sorry, but I can't help with that request."
 # Streamed tool-call arguments arrive in fragments of this many characters.
 ARGUMENT_FRAGMENT = 8
@@ -497,6 +500,9 @@ async def stream_completion(
     # finish_reason, then (when asked for) a usage-only chunk.
     for delta in answer.deltas:
         await send([{"index": 0, "delta": delta, "finish_reason": None}])
+        if model == STREAM_CUT_MODEL:
+            request.transport.abort()  # a provider crashing mid-answer
+            return stream.response
     await send([{"index": 0, "delta": {}, "finish_reason": answer.finish_reason}])
     if usage is not None:
         await send([], usage=usage)

@@ -435,6 +435,10 @@ async def _relay(
         body = stream_log.body()
         if error is not None:
             body["error"] = error["error"]
+            # The deployment failed this call as surely as with a 500, only later: it
+            # counts towards its cooldown (a stream is never retried once bytes went out).
+            if ex.deployment is not None:
+                gateway.router.failed(ex.deployment)
         elif not complete:
             # The client went away mid-stream (499, nginx's convention); log what was sent.
             status = 499
