@@ -194,6 +194,12 @@ def test_litellm_keys_not_implemented_are_named_not_dropped(env, tmp_path):
     )
 
 
+def test_keys_of_a_model_list_entry_itself_are_named(env):
+    raw = yaml.safe_load(LITELLM_FILE)
+    raw["model_list"][1].update(tpm=100_000, rpm=1_000)  # where LiteLLM's router docs put them
+    assert build_config(raw, env).ignored_keys[-2:] == ("model_list[1].tpm", "model_list[1].rpm")
+
+
 def test_litellm_settings_retries_timeout_and_fallbacks_reach_the_router(env):
     raw = yaml.safe_load(LITELLM_FILE)
     raw["model_list"][1]["model_name"] = "backup"

@@ -405,6 +405,7 @@ _GENERAL_KEYS = {
 }  # fmt: skip
 _PARAMS_KEYS = {"model", "api_base", "api_key", "api_version", *DeploymentTimeouts.model_fields}
 _MODEL_INFO_KEYS = {"id", "input_cost_per_token", "output_cost_per_token"}
+_ENTRY_KEYS = {"model_name", "litellm_params", "model_info"}
 
 
 def _unimplemented_keys(raw: dict, general: dict, model_list: list) -> tuple[str, ...]:
@@ -420,6 +421,8 @@ def _unimplemented_keys(raw: dict, general: dict, model_list: list) -> tuple[str
     for index, entry in enumerate(model_list):
         if not isinstance(entry, dict):
             continue
+        # LiteLLM's docs also put tpm/rpm on the entry itself.
+        ignored += [f"model_list[{index}].{key}" for key in entry if key not in _ENTRY_KEYS]
         for section, known in (("litellm_params", _PARAMS_KEYS), ("model_info", _MODEL_INFO_KEYS)):
             values = entry.get(section)
             if isinstance(values, dict):
