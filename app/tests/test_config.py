@@ -200,6 +200,12 @@ def test_keys_of_a_model_list_entry_itself_are_named(env):
     assert build_config(raw, env).ignored_keys[-2:] == ("model_list[1].tpm", "model_list[1].rpm")
 
 
+def test_keys_of_an_api_key_the_gateway_does_not_enforce_are_named(env):
+    raw = yaml.safe_load(LITELLM_FILE)
+    raw["general_settings"]["api_keys"][0]["models"] = ["gpt-4o-mini"]
+    assert "general_settings.api_keys[0].models" in build_config(raw, env).ignored_keys
+
+
 def test_litellm_settings_retries_timeout_and_fallbacks_reach_the_router(env):
     raw = yaml.safe_load(LITELLM_FILE)
     raw["model_list"][1]["model_name"] = "backup"

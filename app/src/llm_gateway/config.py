@@ -414,6 +414,11 @@ def _unimplemented_keys(raw: dict, general: dict, model_list: list) -> tuple[str
     if isinstance(litellm, dict):
         ignored += [f"litellm_settings.{k}" for k in litellm if k not in _LITELLM_ROUTER_KEYS]
     ignored += [f"general_settings.{key}" for key in general if key not in _GENERAL_KEYS]
+    api_keys = general.get("api_keys")
+    for index, item in enumerate(api_keys if isinstance(api_keys, list) else []):
+        if isinstance(item, dict):  # e.g. a per-key model list or budget: not enforced
+            where = f"general_settings.api_keys[{index}]"
+            ignored += [f"{where}.{key}" for key in item if key not in ("alias", "key")]
     router = raw.get("router_settings")
     if isinstance(router, dict):
         known = RouterSettings.model_fields
