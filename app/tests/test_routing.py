@@ -41,6 +41,19 @@ def test_a_failing_deployment_is_retried_elsewhere_then_cooled_down(
     assert [attempts for _, _, attempts in rows] == [2, 1, 1, 1]
 
 
+def test_disable_cooldowns_keeps_a_failing_deployment_in_the_rotation(
+    start_gateway, pg_cluster, database
+):
+    router = {"num_retries": 1, "allowed_fails": 0, "disable_cooldowns": "true"}
+    gw = start_gateway(pg_cluster.url(database), router_settings=router)
+    answers = [chat(gw, "flaky") for _ in range(4)]
+    rows = [logged(pg_cluster, database, request_id) for _, request_id in answers]
+    # Round robin alternates which deployment goes first; the failing one is never
+    # taken out, so every other call meets it first.
+    assert [attempts for _, _, attempts in rows] == [2, 1, 2, 1]
+    assert [reply.status for reply, _ in answers] == [200] * 4
+
+
 def test_a_deployment_that_breaks_its_streams_off_is_cooled_down(
     start_gateway, pg_cluster, database
 ):

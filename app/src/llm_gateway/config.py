@@ -147,6 +147,7 @@ class RouterSettings(BaseModel):
     stream_timeout: float | None = Field(default=None, gt=0, le=3600)
     allowed_fails: int = Field(default=3, ge=0, le=10_000)  # before a cooldown
     cooldown_time: float = Field(default=5.0, ge=0, le=3600)  # seconds out of rotation
+    disable_cooldowns: bool = False  # a failing deployment stays in the rotation
     retry_after: float = Field(default=0.0, ge=0, le=60)  # least wait before a retry
     # [{model_name: [fallback model_names]}]; the key "*" is every model without its own
     # entry, as in LiteLLM.

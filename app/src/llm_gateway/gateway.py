@@ -65,6 +65,8 @@ class Router:
             self._fails.pop(id(deployment), None)
 
     def failed(self, deployment: Deployment) -> None:
+        if self.settings.disable_cooldowns:
+            return
         key = id(deployment)
         self._fails[key] = self._fails.get(key, 0) + 1
         if self._fails[key] > self.settings.allowed_fails:
