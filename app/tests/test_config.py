@@ -252,6 +252,28 @@ def test_a_deployment_id_names_one_deployment(env):
     assert labels == ["openai-east", "local-vllm"]
 
 
+def test_settings_may_come_from_the_environment(env, monkeypatch):
+    # LiteLLM reads os.environ/NAME anywhere in its file, not only in keys and bases.
+    monkeypatch.setenv("GW_RETRIES", "1")
+    monkeypatch.setenv("GW_STREAM_TIMEOUT", "7.5")
+    monkeypatch.setenv("GW_LOG_MODE", "sync")
+    raw = yaml.safe_load(LITELLM_FILE)
+    raw["router_settings"]["num_retries"] = "os.environ/GW_RETRIES"
+    raw["model_list"][0]["litellm_params"]["stream_timeout"] = "os.environ/GW_STREAM_TIMEOUT"
+    raw["general_settings"]["log_mode"] = "os.environ/GW_LOG_MODE"
+    config = build_config(raw, env)
+    assert config.router.num_retries == 1
+    assert config.deployments["gpt-4o-mini"][0].stream_timeout_s == 7.5
+    assert config.service.log_mode == "sync"
+
+    raw["router_settings"]["cooldown_time"] = "os.environ/GW_UNSET_COOLDOWN"
+    with pytest.raises(ConfigError) as raised:
+        build_config(raw, env)
+    assert raised.value.problems == [
+        "router_settings.cooldown_time: environment variable GW_UNSET_COOLDOWN is not set"
+    ]
+
+
 def test_deployment_timeouts_are_bounded(env):
     raw = yaml.safe_load(LITELLM_FILE)
     raw["model_list"][0]["litellm_params"].update(timeout=float("nan"), stream_timeout=-1)

@@ -372,10 +372,26 @@ def _parse_keys(general: dict, env: EnvSettings, problems: list[str]) -> dict[st
     return aliases
 
 
+def _with_environment_values(raw: dict, fields: Any, where: str, problems: list[str]) -> dict:
+    """``raw`` with each ``os.environ/NAME`` value of a known field replaced by the
+    variable's value; an unset one is a problem and left out (its default stands in)."""
+    resolved = {}
+    for key, value in raw.items():
+        if key in fields and isinstance(value, str) and value.startswith(ENV_REF_PREFIX):
+            value = _resolve_secret(value, f"{where}.{key}", problems)
+            if value is None:
+                continue
+        resolved[key] = value
+    return resolved
+
+
 def _validated(model: type[BaseModel], raw: Any, where: str, problems: list[str]):
     """``model`` from ``raw``; each problem, named by its path, goes to ``problems`` (then
     the defaults stand in for the invalid keys, so the other checks still run on the
-    valid ones)."""
+    valid ones). ``os.environ/NAME`` values are read from the environment first, as
+    LiteLLM reads them anywhere in its file."""
+    if isinstance(raw, dict):
+        raw = _with_environment_values(raw, model.model_fields, where, problems)
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
