@@ -194,6 +194,18 @@ def test_litellm_keys_not_implemented_are_named_not_dropped(env, tmp_path):
     )
 
 
+def test_a_misspelled_key_is_named_with_the_key_it_resembles(env):
+    raw = yaml.safe_load(LITELLM_FILE)
+    raw["router_settings"]["num_retires"] = 3
+    raw["litellm_settings"]["fallback"] = [{"gpt-4o-mini": ["gpt-4o-mini"]}]
+    raw["model_list"][0]["litellm_params"]["stream_timout"] = 5
+    ignored = build_config(raw, env).ignored_keys
+    assert "router_settings.num_retires (num_retries?)" in ignored
+    assert "litellm_settings.fallback (fallbacks?)" in ignored
+    assert "model_list[0].litellm_params.stream_timout (stream_timeout?)" in ignored
+    assert "router_settings.routing_strategy" in ignored  # resembles nothing
+
+
 def test_keys_of_a_model_list_entry_itself_are_named(env):
     raw = yaml.safe_load(LITELLM_FILE)
     raw["model_list"][1].update(tpm=100_000, rpm=1_000)  # where LiteLLM's router docs put them

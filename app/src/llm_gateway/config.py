@@ -8,6 +8,7 @@ deploy fails at once instead of on the first request.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import math
 import os
@@ -425,30 +426,37 @@ _MODEL_INFO_KEYS = {"id", "input_cost_per_token", "output_cost_per_token"}
 _ENTRY_KEYS = {"model_name", "litellm_params", "model_info"}
 
 
+def _unknown(section: Any, known: Any, where: str) -> list[str]:
+    """The keys of ``section`` not in ``known``, as paths; one that looks like a misspelled
+    known key says which (``router_settings.num_retires (num_retries?)``): its default is
+    in effect instead of the value the file meant."""
+    if not isinstance(section, dict):
+        return []
+    names = []
+    for key in section:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.8)
+        names.append(f"{where}{key}" + (f" ({close[0]}?)" if close else ""))
+    return names
+
+
 def _unimplemented_keys(raw: dict, general: dict, model_list: list) -> tuple[str, ...]:
-    ignored = [f"{key}" for key in raw if key not in _TOP_LEVEL_KEYS]
-    litellm = raw.get("litellm_settings")
-    if isinstance(litellm, dict):
-        ignored += [f"litellm_settings.{k}" for k in litellm if k not in _LITELLM_ROUTER_KEYS]
-    ignored += [f"general_settings.{key}" for key in general if key not in _GENERAL_KEYS]
+    ignored = _unknown(raw, _TOP_LEVEL_KEYS, "")
+    ignored += _unknown(raw.get("litellm_settings"), _LITELLM_ROUTER_KEYS, "litellm_settings.")
+    ignored += _unknown(general, _GENERAL_KEYS, "general_settings.")
     api_keys = general.get("api_keys")
     for index, item in enumerate(api_keys if isinstance(api_keys, list) else []):
-        if isinstance(item, dict):  # e.g. a per-key model list or budget: not enforced
-            where = f"general_settings.api_keys[{index}]"
-            ignored += [f"{where}.{key}" for key in item if key not in ("alias", "key")]
-    router = raw.get("router_settings")
-    if isinstance(router, dict):
-        known = RouterSettings.model_fields
-        ignored += [f"router_settings.{key}" for key in router if key not in known]
+        # e.g. a per-key model list or budget: not enforced
+        ignored += _unknown(item, ("alias", "key"), f"general_settings.api_keys[{index}].")
+    ignored += _unknown(raw.get("router_settings"), RouterSettings.model_fields, "router_settings.")
     for index, entry in enumerate(model_list):
         if not isinstance(entry, dict):
             continue
         # LiteLLM's docs also put tpm/rpm on the entry itself.
-        ignored += [f"model_list[{index}].{key}" for key in entry if key not in _ENTRY_KEYS]
+        ignored += _unknown(entry, _ENTRY_KEYS, f"model_list[{index}].")
         for section, known in (("litellm_params", _PARAMS_KEYS), ("model_info", _MODEL_INFO_KEYS)):
-            values = entry.get(section)
-            if isinstance(values, dict):
-                ignored += [f"model_list[{index}].{section}.{k}" for k in values if k not in known]
+            ignored += _unknown(entry.get(section), known, f"model_list[{index}].{section}.")
     return tuple(ignored)
 
 
