@@ -132,6 +132,26 @@ def test_a_deployments_stream_timeout_bounds_its_streams(start_gateway, pg_clust
     assert reply.status == 200
 
 
+@pytest.mark.parametrize(
+    ("router", "model", "attempts"),
+    [
+        # A rate limit gets no retry (and no wait), a 500 the default num_retries (2).
+        ({"retry_policy": {"RateLimitErrorRetries": 0}}, "upstream-429", 1),
+        ({"retry_policy": {"RateLimitErrorRetries": 0}}, "upstream-500", 3),
+        # More retries for one kind than num_retries gives.
+        ({"num_retries": 0, "retry_policy": {"InternalServerErrorRetries": 3}}, "upstream-500", 4),
+        ({"num_retries": 0, "retry_policy": {"InternalServerErrorRetries": 3}}, "slow", 1),
+    ],
+)
+def test_retry_policy_sets_retries_by_kind_of_failure(
+    start_gateway, pg_cluster, database, router, model, attempts
+):
+    gw = start_gateway(pg_cluster.url(database), router_settings=router)
+    reply, request_id = chat(gw, model)
+    assert reply.status in (429, 502, 504)
+    assert logged(pg_cluster, database, request_id)[2] == attempts
+
+
 def test_context_window_fallbacks(start_gateway, pg_cluster, database):
     router = {"context_window_fallbacks": [{"ctx-small": ["gpt-test"]}],
               "fallbacks": [{"ctx-small": ["upstream-500"]}]}  # fmt: skip
@@ -197,6 +217,7 @@ def test_content_policy_fallbacks(start_gateway, pg_cluster, database):
         ({"fallbacks": [{"gpt-test": ["no-such-model"]}]}, "no model_name 'no-such-model'"),
         ({"cooldown_time": "soon"}, "router_settings.cooldown_time"),
         ({"default_fallbacks": ["gpt-5"]}, "router_settings.default_fallbacks: no model_name"),
+        ({"retry_policy": {"RateLimitErrorRetires": 1}}, "retry_policy.RateLimitErrorRetires"),
     ],
 )
 def test_bad_router_settings_stop_startup(start_gateway, pg_cluster, database, router, problem):

@@ -136,6 +136,30 @@ class ServiceSettings(BaseModel):
 DEFAULT_TIMEOUT_S = 600.0  # LiteLLM's default request timeout
 
 
+class RetryPolicy(BaseModel):
+    """``router_settings.retry_policy``: retries by kind of failure, in place of
+    ``num_retries`` (LiteLLM's names). Failures no retry can cure (400, 401, 403, a
+    content policy) are never retried here, whatever their count says."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    TimeoutErrorRetries: int | None = Field(default=None, ge=0, le=10)
+    RateLimitErrorRetries: int | None = Field(default=None, ge=0, le=10)
+    InternalServerErrorRetries: int | None = Field(default=None, ge=0, le=10)
+    BadRequestErrorRetries: int | None = Field(default=None, ge=0, le=10)
+    AuthenticationErrorRetries: int | None = Field(default=None, ge=0, le=10)
+    ContentPolicyViolationErrorRetries: int | None = Field(default=None, ge=0, le=10)
+
+    def retries_for(self, kind: str | None, default: int) -> int:
+        value = getattr(self, kind, None) if kind else None
+        return default if value is None else value
+
+    def most(self, default: int) -> int:
+        """The most retries any retryable kind may get."""
+        kinds = ("TimeoutErrorRetries", "RateLimitErrorRetries", "InternalServerErrorRetries")
+        return max(self.retries_for(kind, default) for kind in kinds)
+
+
 class RouterSettings(BaseModel):
     """``router_settings`` as LiteLLM's Router reads them (its names and defaults)."""
 
@@ -149,6 +173,7 @@ class RouterSettings(BaseModel):
     allowed_fails: int = Field(default=3, ge=0, le=10_000)  # before a cooldown
     cooldown_time: float = Field(default=5.0, ge=0, le=3600)  # seconds out of rotation
     disable_cooldowns: bool = False  # a failing deployment stays in the rotation
+    retry_policy: RetryPolicy = RetryPolicy()
     retry_after: float = Field(default=0.0, ge=0, le=60)  # least wait before a retry
     # [{model_name: [fallback model_names]}]; the key "*" is every model without its own
     # entry, as in LiteLLM.

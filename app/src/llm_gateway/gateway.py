@@ -50,7 +50,9 @@ class Router:
         """The deployments to try for ``model`` and its fallbacks, first to last; with
         ``special`` (context_window_fallbacks, content_policy_fallbacks), only that
         table's fallbacks."""
-        attempts = self.settings.num_retries + 1
+        # Room for the most retries any kind of failure may get; call_with_retries stops
+        # a model's turn early when its failure's kind allows fewer.
+        attempts = self.settings.retry_policy.most(self.settings.num_retries) + 1
         models = [model] if special is None else []
         models += self.settings.fallbacks_for(model, special or "fallbacks")
         plan: list[Deployment] = []

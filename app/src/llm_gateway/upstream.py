@@ -64,6 +64,17 @@ class Attempt:
         return self.error is not None or self.status in RETRYABLE_STATUSES
 
     @property
+    def retry_kind(self) -> str | None:
+        """The retry_policy entry this failure falls under (None: num_retries rules)."""
+        if isinstance(self.error, TimeoutError) or self.status == 408:
+            return "TimeoutErrorRetries"
+        if self.status == 429:
+            return "RateLimitErrorRetries"
+        if self.status >= 500:
+            return "InternalServerErrorRetries"
+        return None
+
+    @property
     def special_fallbacks(self) -> str | None:
         """The fallback table a 400 of this kind switches to, as LiteLLM maps them: the
         context window exceeded, or the provider's content policy (OpenAI's
@@ -144,6 +155,7 @@ async def call_with_retries(
     plan = router.plan(model)
     tried: set[int] = set()
     special_used = False  # one switch to a special table per call, as in LiteLLM
+    made_on: dict[str, int] = {}  # failed attempts per model_name
     attempt: Attempt | None = None
     made = 0
     while plan:
@@ -164,4 +176,11 @@ async def call_with_retries(
         if not attempt.retryable:
             return attempt, deployment, made
         router.failed(deployment)
+        on_model = made_on.get(deployment.model_name, 0) + 1
+        made_on[deployment.model_name] = on_model
+        allowed = router.settings.retry_policy.retries_for(
+            attempt.retry_kind, router.settings.num_retries
+        )
+        if on_model > allowed:  # this kind got its retries: on to the fallbacks
+            plan = [d for d in plan if d.model_name != deployment.model_name]
     return attempt, deployment, made
