@@ -57,14 +57,15 @@ def test_disable_cooldowns_keeps_a_failing_deployment_in_the_rotation(
 def test_a_deployment_that_breaks_its_streams_off_is_cooled_down(
     start_gateway, pg_cluster, database
 ):
-    router = {"num_retries": 0, "allowed_fails": 0, "cooldown_time": 60}
+    router = {"num_retries": 0, "allowed_fails": 1, "cooldown_time": 60}
     gw = start_gateway(pg_cluster.url(database), router_settings=router)
-    answers = [chat(gw, "cut-flaky", stream=True) for _ in range(4)]
+    answers = [chat(gw, "cut-flaky", stream=True) for _ in range(6)]
     rows = [logged(pg_cluster, database, request_id) for _, request_id in answers]
-    # The first stream met the breaking deployment (round robin starts there) and was
-    # not retried (bytes had gone out); that failure took it out of the rotation.
-    assert [status for status, _, _ in rows] == [502, 200, 200, 200]
-    assert len({deployment for _, deployment, _ in rows[1:]}) == 1
+    # Round robin starts on the breaking deployment; its streams are not retried (bytes
+    # had gone out). Its 200s do not count as successes, so two broken streams in a row
+    # (allowed_fails 1) took it out of the rotation.
+    assert [status for status, _, _ in rows] == [502, 200, 502, 200, 200, 200]
+    assert len({deployment for _, deployment, _ in rows[3:]}) == 1
 
 
 def test_without_retries_the_failure_is_the_answer(start_gateway, pg_cluster, database):

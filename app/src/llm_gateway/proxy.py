@@ -433,13 +433,15 @@ async def _relay(
         client_gone.cancel()
         upstream.release()
         body = stream_log.body()
+        # A stream's deployment succeeded or failed only now (call_with_retries does not
+        # count its 200): one that breaks its streams off counts towards its cooldown,
+        # as with a 500, although the stream itself is not retried (bytes went out).
         if error is not None:
             body["error"] = error["error"]
-            # The deployment failed this call as surely as with a 500, only later: it
-            # counts towards its cooldown (a stream is never retried once bytes went out).
-            if ex.deployment is not None:
-                gateway.router.failed(ex.deployment)
-        elif not complete:
+            gateway.router.failed(ex.deployment)
+        elif complete:
+            gateway.router.succeeded(ex.deployment)
+        if error is None and not complete:
             # The client went away mid-stream (499, nginx's convention); log what was sent.
             status = 499
             body["error"] = _CLIENT_LEFT["error"]

@@ -166,7 +166,8 @@ async def call_with_retries(
         made += 1
         attempt = await call(gateway, deployment, path, payload, stream)
         if attempt.status == 200:
-            router.succeeded(deployment)
+            if not stream:  # a stream succeeds once it ended well (proxy._relay)
+                router.succeeded(deployment)
             return attempt, deployment, made
         special = attempt.special_fallbacks
         if special and not special_used:
