@@ -296,6 +296,10 @@ def gateway_config(
             entry("flaky", "fake-model", upstreams.fast.api_base),
             entry("ctx-small", "fake-context-exceeded", upstreams.fast.api_base),
             entry("policy", "fake-content-policy", upstreams.fast.api_base),
+            # Three deployments, the first failing: the other two share its load.
+            entry("trio", "fake-error-503", upstreams.fast.api_base),
+            entry("trio", "fake-a", upstreams.fast.api_base),
+            entry("trio", "fake-b", upstreams.fast.api_base),
             # One deployment breaks its streams off after the first delta, one answers.
             entry("cut-flaky", "fake-stream-cut", upstreams.fast.api_base),
             entry("cut-flaky", "fake-model", upstreams.fast.api_base),

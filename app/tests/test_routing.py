@@ -41,6 +41,18 @@ def test_a_failing_deployment_is_retried_elsewhere_then_cooled_down(
     assert [attempts for _, _, attempts in rows] == [2, 1, 1, 1]
 
 
+def test_the_deployments_left_share_the_load_of_one_cooling_down(
+    start_gateway, pg_cluster, database
+):
+    router = {"num_retries": 1, "allowed_fails": 0, "cooldown_time": 60}
+    gw = start_gateway(pg_cluster.url(database), router_settings=router)
+    answers = [chat(gw, "trio") for _ in range(7)]
+    rows = [logged(pg_cluster, database, request_id) for _, request_id in answers]
+    assert rows[0][2] == 2  # met the failing one first, which then left the rotation
+    later = [deployment.split("@")[0] for _, deployment, _ in rows[1:]]
+    assert sorted(later) == ["openai/fake-a"] * 3 + ["openai/fake-b"] * 3
+
+
 def test_disable_cooldowns_keeps_a_failing_deployment_in_the_rotation(
     start_gateway, pg_cluster, database
 ):

@@ -37,14 +37,15 @@ class Router:
 
     def _in_rotation(self, model: str) -> list[Deployment]:
         entries = self.deployments[model]
-        start = self._turn[model]
-        self._turn[model] = (start + 1) % len(entries)
-        ordered = entries[start:] + entries[:start]
-        if not self._cooling_until:
-            return ordered
-        now = time.monotonic()
-        warm = [d for d in ordered if self._cooling_until.get(id(d), 0.0) <= now]
-        return warm or ordered
+        if self._cooling_until:
+            now = time.monotonic()
+            entries = [d for d in entries if self._cooling_until.get(id(d), 0.0) <= now] or entries
+        # Turns are taken among the deployments in the rotation, so those left share the
+        # load of one cooling down evenly (rotating over all of them, then skipping the
+        # cooling one, gave its turns to the next in the list: twice the load on it).
+        start = self._turn[model] % len(entries)
+        self._turn[model] += 1
+        return entries[start:] + entries[:start]
 
     def plan(self, model: str, special: str | None = None) -> list[Deployment]:
         """The deployments to try for ``model`` and its fallbacks, first to last; with
