@@ -3,11 +3,13 @@
 Every exchange is logged once, with the deployment that answered and the attempts it took.
 """
 
+import http.client
 import time
 
+import orjson
 import pytest
 
-from conftest import query
+from conftest import MASTER_KEY, query
 from helpers import CHAT_BODY, wait_until
 
 
@@ -236,3 +238,23 @@ def test_content_policy_fallbacks(start_gateway, pg_cluster, database):
 def test_bad_router_settings_stop_startup(start_gateway, pg_cluster, database, router, problem):
     with pytest.raises(RuntimeError, match=problem):
         start_gateway(pg_cluster.url(database), router_settings=router)
+
+
+def test_a_client_gone_before_its_stream_began_is_logged_499(start_gateway, pg_cluster, database):
+    # While the gateway waits (retries, a slow first byte) the client gives up; the stream
+    # that comes later arrives whole at once and is relayed into a closed connection.
+    gw = start_gateway(pg_cluster.url(database))
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=0.5)
+    body = {**CHAT_BODY, "model": "slow-ok", "stream": True}  # first byte after 3 s
+    headers = {"Authorization": f"Bearer {MASTER_KEY}", "Content-Type": "application/json"}
+    conn.request("POST", "/v1/chat/completions", orjson.dumps(body), headers)
+    with pytest.raises(TimeoutError):
+        conn.getresponse()
+    conn.close()
+    sql = (
+        "SELECT r.status_code, p.response_body FROM requests r"
+        " JOIN responses p ON p.request_id_fk = r.id WHERE r.model = 'slow-ok'"
+    )
+    ((status, response_body),) = wait_until(lambda: query(pg_cluster, database, sql), 15)
+    assert status == 499
+    assert response_body["error"]["code"] == "client_disconnected"

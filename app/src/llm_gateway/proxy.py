@@ -383,7 +383,11 @@ async def _relay(
     # its whole answer, so only leaving before that is a 499.
     complete = False
     # ASGI 2.4 servers drop writes to a closed connection silently; only the receive
-    # channel says the client left, so watch it to stop relaying and log a 499.
+    # channel says the client left, so watch it to stop relaying and log a 499. The
+    # watcher runs only when the relay waits for the upstream, and an upstream's stream
+    # may be buffered whole (one that answered after the client gave up, say): so the
+    # end of the answer goes out only after asking, without waiting, whether the client
+    # is still there; if not, nobody received it and the log says 499.
     client_gone = asyncio.create_task(_wait_for_disconnect(ex.request))
     try:
         async for line in upstream.content:
@@ -411,14 +415,20 @@ async def _relay(
                         # that did not ask for it (they may index choices[0]).
                         if not client_wants_usage and not chunk.get("choices"):
                             relay = False
+            ending = not complete and (done or stream_log.finished)
+            if ending and _client_left(ex.request):
+                break  # nobody is left to receive the end: a 499
             if relay:
                 yield b"".join(event) + b"\n"
-            complete = complete or done or stream_log.finished
+            complete = complete or ending
             event = []
         else:
-            if event:
-                yield b"".join(event) + b"\n\n"
-            complete = True
+            # The upstream's stream ended (with or without [DONE]); its end reached the
+            # client only if the client is still there.
+            if complete or not _client_left(ex.request):
+                if event:
+                    yield b"".join(event) + b"\n\n"
+                complete = True
     except (TimeoutError, aiohttp.ClientError) as exc:
         status, error = _transport_error(exc)
         yield b"data: " + orjson.dumps(error) + b"\n\n"
