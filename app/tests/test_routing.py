@@ -258,3 +258,24 @@ def test_a_client_gone_before_its_stream_began_is_logged_499(start_gateway, pg_c
     ((status, response_body),) = wait_until(lambda: query(pg_cluster, database, sql), 15)
     assert status == 499
     assert response_body["error"]["code"] == "client_disconnected"
+
+
+def test_no_retries_for_a_client_that_left(start_gateway, pg_cluster, database):
+    # Each attempt costs the upstream; nobody waits for its answer. The 'slow' model times
+    # out after 0.5 s; with 3 retries it would take four attempts and ~2.7 s.
+    gw = start_gateway(pg_cluster.url(database), router_settings={"num_retries": 3})
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=0.3)
+    body = orjson.dumps({**CHAT_BODY, "model": "slow"})
+    headers = {"Authorization": f"Bearer {MASTER_KEY}", "Content-Type": "application/json"}
+    conn.request("POST", "/v1/chat/completions", body, headers)
+    with pytest.raises(TimeoutError):
+        conn.getresponse()
+    conn.close()
+    sql = (
+        "SELECT r.status_code, p.attempts, p.response_body FROM requests r"
+        " JOIN responses p ON p.request_id_fk = r.id WHERE r.model = 'slow'"
+    )
+    ((status, attempts, response_body),) = wait_until(lambda: query(pg_cluster, database, sql))
+    assert (status, attempts) == (499, 1)
+    assert response_body["error"]["code"] == "client_disconnected"
+    assert response_body["upstream_error"]["code"] == "upstream_timeout"

@@ -292,7 +292,12 @@ def _transport_error(exc: BaseException) -> tuple[int, dict]:
 
 async def _attempt(gateway: Gateway, ex: Exchange, payload: dict, stream: bool) -> Attempt:
     attempt, ex.deployment, ex.attempts = await call_with_retries(
-        gateway, ex.model, ex.endpoint.upstream_path, payload, stream
+        gateway,
+        ex.model,
+        ex.endpoint.upstream_path,
+        payload,
+        stream,
+        client_left=lambda: _client_left(ex.request),
     )
     return attempt
 
@@ -300,8 +305,15 @@ async def _attempt(gateway: Gateway, ex: Exchange, payload: dict, stream: bool) 
 async def _answer_failure(gateway: Gateway, ex: Exchange, attempt: Attempt) -> Response:
     if attempt.error is not None:
         status, body = _transport_error(attempt.error)
+    else:
+        status, body = _map_upstream_error(attempt.status, attempt.raw)
+    if _client_left(ex.request):
+        # Nobody receives this failure (the retries stopped when the client left): the
+        # log says 499, with what the upstream answered.
+        logged = {**_CLIENT_LEFT, "upstream_error": body["error"]}
+        return _json_response(499, logged, await _log(gateway, ex, 499, logged, None))
+    if attempt.error is not None:
         return _json_response(status, body, await _log(gateway, ex, status, body, None))
-    status, body = _map_upstream_error(attempt.status, attempt.raw)
     return await _upstream_error_response(gateway, ex, status, body, attempt.retry_after)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
@@ -148,21 +149,33 @@ def wait_before_retry(attempt: Attempt, retries_so_far: int, settings: RouterSet
 
 
 async def call_with_retries(
-    gateway: Gateway, model: str, path: str, payload: dict[str, Any], stream: bool
+    gateway: Gateway,
+    model: str,
+    path: str,
+    payload: dict[str, Any],
+    stream: bool,
+    client_left: Callable[[], bool] = lambda: False,
 ) -> tuple[Attempt, Deployment, int]:
-    """(last attempt, the deployment that made it, attempts made)."""
+    """(last attempt, the deployment that made it, attempts made). No further attempt
+    is made once ``client_left()``: each costs the upstream and nobody waits for it."""
     router = gateway.router
     plan = router.plan(model)
     tried: set[int] = set()
     special_used = False  # one switch to a special table per call, as in LiteLLM
     made_on: dict[str, int] = {}  # failed attempts per model_name
     attempt: Attempt | None = None
+    last = plan[0]  # the deployment of the last attempt
     made = 0
     while plan:
+        if attempt is not None and client_left():
+            break
         deployment = plan.pop(0)
         if id(deployment) in tried and attempt is not None:
             await asyncio.sleep(wait_before_retry(attempt, made - 1, router.settings))
+            if client_left():
+                break
         tried.add(id(deployment))
+        last = deployment
         made += 1
         attempt = await call(gateway, deployment, path, payload, stream)
         if attempt.status == 200:
@@ -184,4 +197,4 @@ async def call_with_retries(
         )
         if on_model > allowed:  # this kind got its retries: on to the fallbacks
             plan = [d for d in plan if d.model_name != deployment.model_name]
-    return attempt, deployment, made
+    return attempt, last, made
