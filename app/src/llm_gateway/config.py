@@ -485,6 +485,23 @@ def _unimplemented_keys(raw: dict, general: dict, model_list: list) -> tuple[str
     return tuple(ignored)
 
 
+def _check_unique_ids(model_list: list, problems: list[str]) -> None:
+    """A model_info.id names its deployment in the log: twice, the log could not tell the
+    two apart (and LiteLLM keys its deployments by it)."""
+    first: dict[str, int] = {}  # id -> the entry that has it
+    for index, entry in enumerate(model_list):
+        info = entry.get("model_info") if isinstance(entry, dict) else None
+        given = info.get("id") if isinstance(info, dict) else None
+        if given is None:
+            continue
+        if str(given) in first:
+            problems.append(
+                f"model_list[{index}]: model_info.id {str(given)!r} is already "
+                f"model_list[{first[str(given)]}]'s"
+            )
+        first.setdefault(str(given), index)
+
+
 def build_config(raw: Any, env: EnvSettings) -> GatewayConfig:
     problems: list[str] = []
     if not isinstance(raw, dict):
@@ -499,22 +516,11 @@ def build_config(raw: Any, env: EnvSettings) -> GatewayConfig:
         general = {}
 
     deployments: dict[str, list[Deployment]] = {}
-    ids: dict[str, int] = {}  # model_info.id -> the entry that has it
     for index, entry in enumerate(model_list):
         deployment = _parse_deployment(index, entry, problems)
         if deployment is not None:
             deployments.setdefault(deployment.model_name, []).append(deployment)
-        info = entry.get("model_info") if isinstance(entry, dict) else None
-        given_id = info.get("id") if isinstance(info, dict) else None
-        if given_id is not None:
-            # The id names the deployment in the log; twice, the log could not tell them
-            # apart (and LiteLLM keys its deployments by it).
-            if str(given_id) in ids:
-                problems.append(
-                    f"model_list[{index}]: model_info.id {str(given_id)!r} is already "
-                    f"model_list[{ids[str(given_id)]}]'s"
-                )
-            ids.setdefault(str(given_id), index)
+    _check_unique_ids(model_list, problems)
 
     key_aliases = _parse_keys(general, env, problems)
     litellm = raw.get("litellm_settings") or {}
