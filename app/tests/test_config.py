@@ -206,6 +206,19 @@ def test_a_misspelled_key_is_named_with_the_key_it_resembles(env):
     assert "router_settings.routing_strategy" in ignored  # resembles nothing
 
 
+def test_retry_policy_counts_for_failures_never_retried_are_named(env):
+    raw = yaml.safe_load(LITELLM_FILE)
+    raw["router_settings"]["retry_policy"] = {
+        "BadRequestErrorRetries": 2,
+        "AuthenticationErrorRetries": 0,  # what the gateway does anyway: nothing to say
+        "RateLimitErrorRetries": 3,
+    }
+    config = build_config(raw, env)
+    assert config.router.retry_policy.RateLimitErrorRetries == 3
+    policy = [key for key in config.ignored_keys if "retry_policy" in key]
+    assert policy == ["router_settings.retry_policy.BadRequestErrorRetries (never retried)"]
+
+
 def test_keys_of_a_model_list_entry_itself_are_named(env):
     raw = yaml.safe_load(LITELLM_FILE)
     raw["model_list"][1].update(tpm=100_000, rpm=1_000)  # where LiteLLM's router docs put them

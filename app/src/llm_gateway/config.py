@@ -14,7 +14,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -153,6 +153,13 @@ class RetryPolicy(BaseModel):
     def retries_for(self, kind: str | None, default: int) -> int:
         value = getattr(self, kind, None) if kind else None
         return default if value is None else value
+
+    # Kinds no retry can cure; a count above 0 for them is reported as ignored.
+    NEVER_RETRIED: ClassVar[tuple[str, ...]] = (
+        "BadRequestErrorRetries",
+        "AuthenticationErrorRetries",
+        "ContentPolicyViolationErrorRetries",
+    )
 
     def most(self, default: int) -> int:
         """The most retries any retryable kind may get."""
@@ -474,7 +481,15 @@ def _unimplemented_keys(raw: dict, general: dict, model_list: list) -> tuple[str
     for index, item in enumerate(api_keys if isinstance(api_keys, list) else []):
         # e.g. a per-key model list or budget: not enforced
         ignored += _unknown(item, ("alias", "key"), f"general_settings.api_keys[{index}].")
-    ignored += _unknown(raw.get("router_settings"), RouterSettings.model_fields, "router_settings.")
+    router = raw.get("router_settings")
+    ignored += _unknown(router, RouterSettings.model_fields, "router_settings.")
+    policy = router.get("retry_policy") if isinstance(router, dict) else None
+    if isinstance(policy, dict):
+        ignored += [
+            f"router_settings.retry_policy.{kind} (never retried)"
+            for kind in RetryPolicy.NEVER_RETRIED
+            if policy.get(kind) not in (None, 0, "0")
+        ]
     for index, entry in enumerate(model_list):
         if not isinstance(entry, dict):
             continue
