@@ -261,8 +261,13 @@ def upstreams(fake_upstream, slow_upstream, dripping_upstream, nginx) -> Upstrea
     return Upstreams(fake_upstream, slow_upstream, dripping_upstream, nginx)
 
 
-def gateway_config(upstreams: Upstreams, router_settings: dict | None = None, **general) -> dict:
-    def entry(name, model, api_base, timeout=30, price=(0.000001, 0.000002)):
+def gateway_config(
+    upstreams: Upstreams,
+    router_settings: dict | None = None,
+    litellm_settings: dict | None = None,
+    **general,
+) -> dict:
+    def entry(name, model, api_base, timeout=30, price=(0.000001, 0.000002), **params):
         return {
             "model_name": name,
             "litellm_params": {
@@ -270,6 +275,7 @@ def gateway_config(upstreams: Upstreams, router_settings: dict | None = None, **
                 "api_base": api_base,
                 "api_key": f"os.environ/{PROVIDER_KEY_ENV}",
                 "timeout": timeout,
+                **params,
             },
             "model_info": {"input_cost_per_token": price[0], "output_cost_per_token": price[1]},
         }
@@ -281,9 +287,11 @@ def gateway_config(upstreams: Upstreams, router_settings: dict | None = None, **
             entry("balanced", "fake-b", upstreams.fast.api_base),
             entry("upstream-400", "fake-error-400", upstreams.fast.api_base),
             entry("upstream-429", "fake-error-429", upstreams.fast.api_base),
+            entry("upstream-429-ms", "fake-rate-limited-ms", upstreams.fast.api_base),
             entry("upstream-500", "fake-error-500", upstreams.fast.api_base),
             entry("slow", "fake-model", upstreams.slow.api_base, timeout=0.5),
             entry("slow-ok", "fake-model", upstreams.slow.api_base),
+            entry("slow-stream", "fake-model", upstreams.slow.api_base, stream_timeout=0.5),
             entry("nested", "fake-nested-300", upstreams.fast.api_base),
             entry("endless", "fake-endless", upstreams.fast.api_base),
             entry("redirecting", "fake-redirect", upstreams.fast.api_base),
@@ -300,6 +308,14 @@ def gateway_config(upstreams: Upstreams, router_settings: dict | None = None, **
             entry("flaky", "fake-error-503", upstreams.fast.api_base),
             entry("flaky", "fake-model", upstreams.fast.api_base),
             entry("ctx-small", "fake-context-exceeded", upstreams.fast.api_base),
+            entry("policy", "fake-content-policy", upstreams.fast.api_base),
+            # Three deployments, the first failing: the other two share its load.
+            entry("trio", "fake-error-503", upstreams.fast.api_base),
+            entry("trio", "fake-a", upstreams.fast.api_base),
+            entry("trio", "fake-b", upstreams.fast.api_base),
+            # One deployment breaks its streams off after the first delta, one answers.
+            entry("cut-flaky", "fake-stream-abort", upstreams.fast.api_base),
+            entry("cut-flaky", "fake-model", upstreams.fast.api_base),
             *(
                 entry(f"encoded-{c}", f"fake-encoded-{c}", upstreams.fast.api_base)
                 for c in ("gzip", "deflate", "br", "zstd")
@@ -326,8 +342,13 @@ def gateway_config(upstreams: Upstreams, router_settings: dict | None = None, **
             **general,
         },
     }
+    if router_settings is None and litellm_settings is None:
+        # Tests of error answers want the upstream's first failure as the answer.
+        router_settings = {"num_retries": 0}
     if router_settings is not None:
         config["router_settings"] = router_settings
+    if litellm_settings is not None:
+        config["litellm_settings"] = litellm_settings
     return config
 
 

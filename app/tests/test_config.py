@@ -181,13 +181,147 @@ def test_providers_without_a_default_base_need_one(env, params, reason):
 
 def test_litellm_keys_not_implemented_are_named_not_dropped(env, tmp_path):
     config = build_config(yaml.safe_load(LITELLM_FILE), env)
-    assert config.ignored_keys == ("litellm_settings", "router_settings.routing_strategy")
+    assert config.ignored_keys == (
+        "litellm_settings.drop_params",
+        "router_settings.routing_strategy",
+    )
     path = tmp_path / "config.yaml"
     path.write_text(LITELLM_FILE)
     ok = run_check_config(path, OPENAI_API_KEY="sk-provider-secret", GATEWAY_MASTER_KEY="m")
-    assert "ignored (not implemented): litellm_settings, router_settings.routing_strategy" in (
-        ok.stdout
+    assert (
+        "ignored (not implemented): litellm_settings.drop_params, router_settings.routing_strategy"
+        in ok.stdout
     )
+
+
+def test_a_misspelled_key_is_named_with_the_key_it_resembles(env):
+    raw = yaml.safe_load(LITELLM_FILE)
+    raw["router_settings"]["num_retires"] = 3
+    raw["litellm_settings"]["fallback"] = [{"gpt-4o-mini": ["gpt-4o-mini"]}]
+    raw["model_list"][0]["litellm_params"]["stream_timout"] = 5
+    ignored = build_config(raw, env).ignored_keys
+    assert "router_settings.num_retires (num_retries?)" in ignored
+    assert "litellm_settings.fallback (fallbacks?)" in ignored
+    assert "model_list[0].litellm_params.stream_timout (stream_timeout?)" in ignored
+    assert "router_settings.routing_strategy" in ignored  # resembles nothing
+
+
+def test_retry_policy_counts_for_failures_never_retried_are_named(env):
+    raw = yaml.safe_load(LITELLM_FILE)
+    raw["router_settings"]["retry_policy"] = {
+        "BadRequestErrorRetries": 2,
+        "AuthenticationErrorRetries": 0,  # what the gateway does anyway: nothing to say
+        "RateLimitErrorRetries": 3,
+    }
+    config = build_config(raw, env)
+    assert config.router.retry_policy.RateLimitErrorRetries == 3
+    policy = [key for key in config.ignored_keys if "retry_policy" in key]
+    assert policy == ["router_settings.retry_policy.BadRequestErrorRetries (never retried)"]
+
+
+def test_keys_of_a_model_list_entry_itself_are_named(env):
+    raw = yaml.safe_load(LITELLM_FILE)
+    raw["model_list"][1].update(tpm=100_000, rpm=1_000)  # where LiteLLM's router docs put them
+    assert build_config(raw, env).ignored_keys[-2:] == ("model_list[1].tpm", "model_list[1].rpm")
+
+
+def test_keys_of_an_api_key_the_gateway_does_not_enforce_are_named(env):
+    raw = yaml.safe_load(LITELLM_FILE)
+    raw["general_settings"]["api_keys"][0]["models"] = ["gpt-4o-mini"]
+    assert "general_settings.api_keys[0].models" in build_config(raw, env).ignored_keys
+
+
+def test_litellm_settings_retries_timeout_and_fallbacks_reach_the_router(env):
+    raw = yaml.safe_load(LITELLM_FILE)
+    raw["model_list"][1]["model_name"] = "backup"
+    raw["litellm_settings"] = {
+        "drop_params": True,
+        "num_retries": "3",
+        "request_timeout": 30,
+        "allowed_fails": 1,
+        "fallbacks": [{"gpt-4o-mini": ["backup"]}],
+        "context_window_fallbacks": [{"gpt-4o-mini": ["backup"]}],
+        "success_callback": ["langfuse"],
+    }
+    raw["router_settings"] = {"allowed_fails": 5}  # router_settings wins, as in LiteLLM
+    config = build_config(raw, env)
+    router = config.router
+    assert (router.num_retries, router.timeout, router.allowed_fails) == (3, 30, 5)
+    assert router.fallbacks_for("gpt-4o-mini") == ["backup"]
+    assert router.fallbacks_for("gpt-4o-mini", "context_window_fallbacks") == ["backup"]
+    assert [k for k in config.ignored_keys if k.startswith("litellm_settings")] == [
+        "litellm_settings.drop_params",
+        "litellm_settings.success_callback",
+    ]
+
+    raw["litellm_settings"] = {"num_retries": -1, "fallbacks": [{"gpt-4o-mini": ["gpt-5"]}]}
+    with pytest.raises(ConfigError) as raised:
+        build_config(raw, env)
+    assert raised.value.problems == [
+        "litellm_settings.num_retries: Input should be greater than or equal to 0",
+        "litellm_settings.fallbacks: no model_name 'gpt-5'",
+    ]
+
+
+def test_a_deployment_id_names_one_deployment(env):
+    raw = yaml.safe_load(LITELLM_FILE)
+    raw["model_list"][0]["model_info"]["id"] = "openai-east"
+    raw["model_list"][1]["model_info"] = {"id": "openai-east"}
+    with pytest.raises(ConfigError) as raised:
+        build_config(raw, env)
+    assert raised.value.problems == [
+        "model_list[1]: model_info.id 'openai-east' is already model_list[0]'s"
+    ]
+    raw["model_list"][1]["model_info"]["id"] = "local-vllm"
+    labels = [d.label for d in build_config(raw, env).deployments["gpt-4o-mini"]]
+    assert labels == ["openai-east", "local-vllm"]
+
+
+def test_settings_may_come_from_the_environment(env, monkeypatch):
+    # LiteLLM reads os.environ/NAME anywhere in its file, not only in keys and bases.
+    monkeypatch.setenv("GW_RETRIES", "1")
+    monkeypatch.setenv("GW_STREAM_TIMEOUT", "7.5")
+    monkeypatch.setenv("GW_LOG_MODE", "sync")
+    raw = yaml.safe_load(LITELLM_FILE)
+    raw["router_settings"]["num_retries"] = "os.environ/GW_RETRIES"
+    raw["model_list"][0]["litellm_params"]["stream_timeout"] = "os.environ/GW_STREAM_TIMEOUT"
+    raw["general_settings"]["log_mode"] = "os.environ/GW_LOG_MODE"
+    config = build_config(raw, env)
+    assert config.router.num_retries == 1
+    assert config.deployments["gpt-4o-mini"][0].stream_timeout_s == 7.5
+    assert config.service.log_mode == "sync"
+
+    raw["router_settings"]["cooldown_time"] = "os.environ/GW_UNSET_COOLDOWN"
+    with pytest.raises(ConfigError) as raised:
+        build_config(raw, env)
+    assert raised.value.problems == [
+        "router_settings.cooldown_time: environment variable GW_UNSET_COOLDOWN is not set"
+    ]
+
+
+def test_deployment_timeouts_are_bounded(env):
+    raw = yaml.safe_load(LITELLM_FILE)
+    raw["model_list"][0]["litellm_params"].update(timeout=float("nan"), stream_timeout=-1)
+    raw["model_list"][1]["litellm_params"].update(timeout="inf")
+    raw["model_list"][1]["model_info"] = {"input_cost_per_token": float("inf")}
+    with pytest.raises(ConfigError) as raised:
+        build_config(raw, env)
+    assert raised.value.problems == [
+        "model_list[0] ('gpt-4o-mini'): litellm_params.timeout: Input should be a finite number",
+        "model_list[0] ('gpt-4o-mini'): litellm_params.stream_timeout: "
+        "Input should be greater than or equal to 0",
+        "model_list[1] ('gpt-4o-mini'): litellm_params.timeout: Input should be a finite number",
+        "model_list[1] ('gpt-4o-mini').input_cost_per_token: "
+        "must be a finite number, not negative (inf)",
+    ]
+    raw["model_list"][0]["litellm_params"].update(timeout=0, stream_timeout="2.5")
+    raw["model_list"][1]["litellm_params"].update(timeout=None)
+    raw["model_list"][1]["model_info"] = {}
+    config = build_config(raw, env)
+    first, second = config.deployments["gpt-4o-mini"]
+    assert (first.timeout_s, first.stream_timeout_s) == (None, 2.5)  # 0: unset, as LiteLLM
+    assert (second.timeout_s, second.stream_timeout_s) == (None, None)
+    assert not [key for key in config.ignored_keys if "timeout" in key]
 
 
 def test_settings_are_typed_bounded_and_named_by_path(env):

@@ -8,11 +8,13 @@ deploy fails at once instead of on the first request.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -71,6 +73,8 @@ class Deployment:
     api_version: str | None = None  # Azure
     # Names the deployment in the log: model_info.id, else provider/model@host.
     label: str = ""
+    # Streams: this, else router_settings.stream_timeout, else the timeout above.
+    stream_timeout_s: float | None = None
 
     def url(self, path: str) -> str:
         """The upstream URL of an endpoint (``path`` like "/chat/completions")."""
@@ -136,33 +140,139 @@ class ServiceSettings(BaseModel):
 DEFAULT_TIMEOUT_S = 600.0  # LiteLLM's default request timeout
 
 
+class RetryPolicy(BaseModel):
+    """``router_settings.retry_policy``: retries by kind of failure, in place of
+    ``num_retries`` (LiteLLM's names). Failures no retry can cure (400, 401, 403, a
+    content policy) are never retried here, whatever their count says."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    TimeoutErrorRetries: int | None = Field(default=None, ge=0, le=10)
+    RateLimitErrorRetries: int | None = Field(default=None, ge=0, le=10)
+    InternalServerErrorRetries: int | None = Field(default=None, ge=0, le=10)
+    BadRequestErrorRetries: int | None = Field(default=None, ge=0, le=10)
+    AuthenticationErrorRetries: int | None = Field(default=None, ge=0, le=10)
+    ContentPolicyViolationErrorRetries: int | None = Field(default=None, ge=0, le=10)
+
+    def retries_for(self, kind: str | None, default: int) -> int:
+        value = getattr(self, kind, None) if kind else None
+        return default if value is None else value
+
+    # Kinds no retry can cure; a count above 0 for them is reported as ignored.
+    NEVER_RETRIED: ClassVar[tuple[str, ...]] = (
+        "BadRequestErrorRetries",
+        "AuthenticationErrorRetries",
+        "ContentPolicyViolationErrorRetries",
+    )
+
+    def most(self, default: int) -> int:
+        """The most retries any retryable kind may get."""
+        kinds = ("TimeoutErrorRetries", "RateLimitErrorRetries", "InternalServerErrorRetries")
+        return max(self.retries_for(kind, default) for kind in kinds)
+
+
 class RouterSettings(BaseModel):
     """``router_settings`` as LiteLLM's Router reads them (its names and defaults)."""
 
     model_config = ConfigDict(extra="allow")  # extras are reported as ignored
 
-    num_retries: int = Field(default=0, ge=0, le=10)  # further attempts after the first
+    # Further attempts after the first. LiteLLM's Router defaults to the openai SDK's
+    # DEFAULT_MAX_RETRIES (2) when neither router_settings nor litellm_settings set it.
+    num_retries: int = Field(default=2, ge=0, le=10)
     timeout: float | None = Field(default=None, gt=0, le=3600)  # default per-call timeout
     stream_timeout: float | None = Field(default=None, gt=0, le=3600)
     allowed_fails: int = Field(default=3, ge=0, le=10_000)  # before a cooldown
     cooldown_time: float = Field(default=5.0, ge=0, le=3600)  # seconds out of rotation
+    disable_cooldowns: bool = False  # a failing deployment stays in the rotation
+    retry_policy: RetryPolicy = RetryPolicy()
     retry_after: float = Field(default=0.0, ge=0, le=60)  # least wait before a retry
+    # [{model_name: [fallback model_names]}]; the key "*" is every model without its own
+    # entry, as in LiteLLM.
     fallbacks: list[dict[str, list[str]]] = []
     context_window_fallbacks: list[dict[str, list[str]]] = []
+    content_policy_fallbacks: list[dict[str, list[str]]] = []
+    default_fallbacks: list[str] = []  # LiteLLM adds them to fallbacks as {"*": [...]}
 
-    def fallbacks_for(self, model: str, context_window: bool = False) -> list[str]:
-        table = self.context_window_fallbacks if context_window else self.fallbacks
-        return [name for entry in table for name in entry.get(model, [])]
+    def fallbacks_for(self, model: str, table: str = "fallbacks") -> list[str]:
+        """The model_names to try, in order, after ``model`` failed (``table``: fallbacks,
+        context_window_fallbacks or content_policy_fallbacks)."""
+        entries = getattr(self, table)
+        own = [name for entry in entries for name in entry.get(model, [])]
+        if own:
+            return own
+        generic = [name for entry in entries for name in entry.get("*", [])]
+        if table == "fallbacks":
+            generic += self.default_fallbacks
+        return [name for name in dict.fromkeys(generic) if name != model]
 
 
-def _router_settings(raw: Any, deployments: dict, problems: list[str]) -> RouterSettings:
-    settings = _validated(RouterSettings, raw or {}, "router_settings", problems)
-    for table in (settings.fallbacks, settings.context_window_fallbacks):
-        for entry in table:
-            for name in [*entry, *(n for names in entry.values() for n in names)]:
-                if name not in deployments:
-                    problems.append(f"router_settings fallbacks: no model_name {name!r}")
+class LitellmRouterDefaults(BaseModel):
+    """The ``litellm_settings`` keys LiteLLM's Router falls back to when ``router_settings``
+    leaves them out (``Router.__init__``: ``num_retries`` else ``litellm.num_retries``,
+    ``timeout or litellm.request_timeout``, ``fallbacks or litellm.fallbacks``, ...). LiteLLM's
+    own docs put retries and fallbacks there, so a file written that way must get them:
+    dropping them would leave a deployment's failures unretried without a word."""
+
+    model_config = ConfigDict(extra="ignore")  # the rest is reported as ignored
+
+    num_retries: int | None = Field(default=None, ge=0, le=10)
+    request_timeout: float | None = Field(default=None, gt=0, le=3600)
+    allowed_fails: int | None = Field(default=None, ge=0, le=10_000)
+    fallbacks: list[dict[str, list[str]]] | None = None
+    context_window_fallbacks: list[dict[str, list[str]]] | None = None
+    content_policy_fallbacks: list[dict[str, list[str]]] | None = None
+    default_fallbacks: list[str] | None = None
+
+
+# litellm_settings key -> the router_settings key it stands in for.
+_LITELLM_ROUTER_KEYS = {
+    "num_retries": "num_retries",
+    "request_timeout": "timeout",
+    "allowed_fails": "allowed_fails",
+    "fallbacks": "fallbacks",
+    "context_window_fallbacks": "context_window_fallbacks",
+    "content_policy_fallbacks": "content_policy_fallbacks",
+    "default_fallbacks": "default_fallbacks",
+}
+FALLBACK_TABLES = ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks")
+
+
+def _router_settings(
+    raw: Any, litellm: dict, deployments: dict, problems: list[str]
+) -> RouterSettings:
+    defaults = _validated(LitellmRouterDefaults, litellm, "litellm_settings", problems)
+    raw = dict(raw) if isinstance(raw, dict) else raw or {}
+    origin = {}  # where each table came from, to name it in problems
+    if isinstance(raw, dict):
+        for key, router_key in _LITELLM_ROUTER_KEYS.items():
+            value = getattr(defaults, key)
+            if value is not None and raw.get(router_key) in (None, []):
+                raw[router_key] = value
+                origin[router_key] = f"litellm_settings.{key}"
+    settings = _validated(RouterSettings, raw, "router_settings", problems)
+    for key in (*FALLBACK_TABLES, "default_fallbacks"):
+        where = origin.get(key, f"router_settings.{key}")
+        # From the input, so an unknown name is reported even when another setting is
+        # invalid (then the defaults stand in and the tables would be empty).
+        table = raw.get(key) if isinstance(raw, dict) else None
+        if key == "default_fallbacks":
+            table = [{"*": table}]
+        for name in _fallback_names(table):
+            if name not in deployments and name != "*":
+                problems.append(f"{where}: no model_name {name!r}")
     return settings
+
+
+def _fallback_names(table: Any) -> list[str]:
+    """Every model name in a ``[{model: [fallbacks]}]`` table (a malformed one is the
+    model's problem to report)."""
+    names = []
+    for entry in table if isinstance(table, list) else []:
+        for model, fallbacks in entry.items() if isinstance(entry, dict) else []:
+            names.append(model)
+            if isinstance(fallbacks, list):
+                names += [name for name in fallbacks if isinstance(name, str)]
+    return names
 
 
 @dataclass(frozen=True)
@@ -206,9 +316,18 @@ def _number(raw: dict, key: str, default: float, where: str, problems: list[str]
     except (TypeError, ValueError):
         problems.append(f"{where}.{key}: not a number ({value!r})")
         return default
-    if number < 0:
-        problems.append(f"{where}.{key}: must not be negative")
+    if not math.isfinite(number) or number < 0:
+        problems.append(f"{where}.{key}: must be a finite number, not negative ({value!r})")
+        return default
     return number
+
+
+class DeploymentTimeouts(BaseModel):
+    """``litellm_params.timeout`` and ``stream_timeout``, bounded like the router's (a NaN
+    would time every call out at once). 0 or null means unset, as LiteLLM reads them."""
+
+    timeout: float | None = Field(default=None, ge=0, le=3600, allow_inf_nan=False)
+    stream_timeout: float | None = Field(default=None, ge=0, le=3600, allow_inf_nan=False)
 
 
 def _parse_deployment(index: int, entry: Any, problems: list[str]) -> Deployment | None:
@@ -250,10 +369,8 @@ def _parse_deployment(index: int, entry: Any, problems: list[str]) -> Deployment
         api_version = _resolve_secret(params.get("api_version"), where, problems)
     if api_base and not api_base.startswith(("http://", "https://")):
         problems.append(f"{label}: litellm_params.api_base must be an http(s) URL")
-    timeout = None
-    if params.get("timeout") is not None:
-        where = f"{label}: litellm_params"
-        timeout = _number(params, "timeout", DEFAULT_TIMEOUT_S, where, problems) or None
+    given = {key: params[key] for key in DeploymentTimeouts.model_fields if key in params}
+    timeouts = _validated(DeploymentTimeouts, given, f"{label}: litellm_params", problems)
     if (kind.needs_key and api_key is None) or api_base is None:
         return None
     if provider == "azure" and api_version is None:
@@ -265,7 +382,8 @@ def _parse_deployment(index: int, entry: Any, problems: list[str]) -> Deployment
         api_key=SecretStr(api_key) if api_key is not None else None,
         provider=provider,
         api_version=api_version,
-        timeout_s=timeout,
+        timeout_s=timeouts.timeout or None,
+        stream_timeout_s=timeouts.stream_timeout or None,
         label=str(info.get("id") or f"{provider}/{upstream_model}@{urlsplit(api_base).netloc}"),
         input_cost_per_token=_number(info, "input_cost_per_token", 0.0, label, problems),
         output_cost_per_token=_number(info, "output_cost_per_token", 0.0, label, problems),
@@ -291,16 +409,39 @@ def _parse_keys(general: dict, env: EnvSettings, problems: list[str]) -> dict[st
     return aliases
 
 
+def _with_environment_values(raw: dict, fields: Any, where: str, problems: list[str]) -> dict:
+    """``raw`` with each ``os.environ/NAME`` value of a known field replaced by the
+    variable's value; an unset one is a problem and left out (its default stands in)."""
+    resolved = {}
+    for key, value in raw.items():
+        if key in fields and isinstance(value, str) and value.startswith(ENV_REF_PREFIX):
+            value = _resolve_secret(value, f"{where}.{key}", problems)
+            if value is None:
+                continue
+        resolved[key] = value
+    return resolved
+
+
 def _validated(model: type[BaseModel], raw: Any, where: str, problems: list[str]):
     """``model`` from ``raw``; each problem, named by its path, goes to ``problems`` (then
-    the defaults stand in, so the other checks still run)."""
+    the defaults stand in for the invalid keys, so the other checks still run on the
+    valid ones). ``os.environ/NAME`` values are read from the environment first, as
+    LiteLLM reads them anywhere in its file."""
+    if isinstance(raw, dict):
+        raw = _with_environment_values(raw, model.model_fields, where, problems)
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
         for error in exc.errors():
-            path = ".".join(str(part) for part in error["loc"])
-            problems.append(f"{where}.{path}: {error['msg']}")
-        return model()
+            path = ".".join(str(part) for part in (where, *error["loc"]))
+            problems.append(f"{path}: {error['msg']}")
+        if not isinstance(raw, dict):
+            return model()
+        invalid = {error["loc"][0] for error in exc.errors() if error["loc"]}
+        try:
+            return model.model_validate({k: v for k, v in raw.items() if k not in invalid})
+        except ValidationError:
+            return model()
 
 
 # LiteLLM's own general_settings names for the same knobs, so its files work unchanged.
@@ -311,30 +452,73 @@ _LITELLM_DB_ALIASES = {
 
 
 # What this gateway reads; any other key of a LiteLLM file is reported as ignored.
-_TOP_LEVEL_KEYS = {"model_list", "general_settings", "router_settings"}
+_TOP_LEVEL_KEYS = {"model_list", "general_settings", "router_settings", "litellm_settings"}
 _GENERAL_KEYS = {
     "master_key", "api_keys", "writer",
     *DatabaseSettings.model_fields, *ServiceSettings.model_fields, *_LITELLM_DB_ALIASES,
 }  # fmt: skip
-_PARAMS_KEYS = {"model", "api_base", "api_key", "api_version", "timeout"}
+_PARAMS_KEYS = {"model", "api_base", "api_key", "api_version", *DeploymentTimeouts.model_fields}
 _MODEL_INFO_KEYS = {"id", "input_cost_per_token", "output_cost_per_token"}
+_ENTRY_KEYS = {"model_name", "litellm_params", "model_info"}
+
+
+def _unknown(section: Any, known: Any, where: str) -> list[str]:
+    """The keys of ``section`` not in ``known``, as paths; one that looks like a misspelled
+    known key says which (``router_settings.num_retires (num_retries?)``): its default is
+    in effect instead of the value the file meant."""
+    if not isinstance(section, dict):
+        return []
+    names = []
+    for key in section:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.8)
+        names.append(f"{where}{key}" + (f" ({close[0]}?)" if close else ""))
+    return names
 
 
 def _unimplemented_keys(raw: dict, general: dict, model_list: list) -> tuple[str, ...]:
-    ignored = [f"{key}" for key in raw if key not in _TOP_LEVEL_KEYS]
-    ignored += [f"general_settings.{key}" for key in general if key not in _GENERAL_KEYS]
+    ignored = _unknown(raw, _TOP_LEVEL_KEYS, "")
+    ignored += _unknown(raw.get("litellm_settings"), _LITELLM_ROUTER_KEYS, "litellm_settings.")
+    ignored += _unknown(general, _GENERAL_KEYS, "general_settings.")
+    api_keys = general.get("api_keys")
+    for index, item in enumerate(api_keys if isinstance(api_keys, list) else []):
+        # e.g. a per-key model list or budget: not enforced
+        ignored += _unknown(item, ("alias", "key"), f"general_settings.api_keys[{index}].")
     router = raw.get("router_settings")
-    if isinstance(router, dict):
-        known = RouterSettings.model_fields
-        ignored += [f"router_settings.{key}" for key in router if key not in known]
+    ignored += _unknown(router, RouterSettings.model_fields, "router_settings.")
+    policy = router.get("retry_policy") if isinstance(router, dict) else None
+    if isinstance(policy, dict):
+        ignored += [
+            f"router_settings.retry_policy.{kind} (never retried)"
+            for kind in RetryPolicy.NEVER_RETRIED
+            if policy.get(kind) not in (None, 0, "0")
+        ]
     for index, entry in enumerate(model_list):
         if not isinstance(entry, dict):
             continue
+        # LiteLLM's docs also put tpm/rpm on the entry itself.
+        ignored += _unknown(entry, _ENTRY_KEYS, f"model_list[{index}].")
         for section, known in (("litellm_params", _PARAMS_KEYS), ("model_info", _MODEL_INFO_KEYS)):
-            values = entry.get(section)
-            if isinstance(values, dict):
-                ignored += [f"model_list[{index}].{section}.{k}" for k in values if k not in known]
+            ignored += _unknown(entry.get(section), known, f"model_list[{index}].{section}.")
     return tuple(ignored)
+
+
+def _check_unique_ids(model_list: list, problems: list[str]) -> None:
+    """A model_info.id names its deployment in the log: twice, the log could not tell the
+    two apart (and LiteLLM keys its deployments by it)."""
+    first: dict[str, int] = {}  # id -> the entry that has it
+    for index, entry in enumerate(model_list):
+        info = entry.get("model_info") if isinstance(entry, dict) else None
+        given = info.get("id") if isinstance(info, dict) else None
+        if given is None:
+            continue
+        if str(given) in first:
+            problems.append(
+                f"model_list[{index}]: model_info.id {str(given)!r} is already "
+                f"model_list[{first[str(given)]}]'s"
+            )
+        first.setdefault(str(given), index)
 
 
 def build_config(raw: Any, env: EnvSettings) -> GatewayConfig:
@@ -355,9 +539,14 @@ def build_config(raw: Any, env: EnvSettings) -> GatewayConfig:
         deployment = _parse_deployment(index, entry, problems)
         if deployment is not None:
             deployments.setdefault(deployment.model_name, []).append(deployment)
+    _check_unique_ids(model_list, problems)
 
     key_aliases = _parse_keys(general, env, problems)
-    router = _router_settings(raw.get("router_settings"), deployments, problems)
+    litellm = raw.get("litellm_settings") or {}
+    if not isinstance(litellm, dict):
+        problems.append("litellm_settings: must be a mapping")
+        litellm = {}
+    router = _router_settings(raw.get("router_settings"), litellm, deployments, problems)
     database_raw = {
         _LITELLM_DB_ALIASES.get(key, key): value
         for key, value in general.items()

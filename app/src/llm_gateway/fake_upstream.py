@@ -58,6 +58,8 @@ Per-request controls, for tests
                                   between CR and LF, as a reader may receive them
     encoding_format "base64"      embeddings as OpenAI sends them then (the openai SDK's
                                   default): little-endian float32, base64-encoded
+    model "fake-rate-limited-ms"  429 whose only wait is OpenAI's retry-after-ms: 1200
+    model "fake-content-policy"   400 with OpenAI's content_policy_violation error
     "tools" in the request        the answer calls the first tool with {"text": <last
                                   user message>} (tool_calls; streamed in fragments)
     model "fake-encoded-<coding>" answer (plain or streamed) in that content coding
@@ -122,6 +124,8 @@ STREAM_ERROR = {
     "param": None,
     "code": None,
 }
+RATE_LIMITED_MS_MODEL = "fake-rate-limited-ms"
+CONTENT_POLICY_MODEL = "fake-content-policy"
 REFUSAL = "I'm sorry, but I can't help with that request."
 # Streamed tool-call arguments arrive in fragments of this many characters.
 ARGUMENT_FRAGMENT = 8
@@ -354,6 +358,13 @@ async def admit(request: web.Request, required: str) -> tuple[dict, web.Response
     if model == CONTEXT_EXCEEDED_MODEL:
         message = "This model's maximum context length is 16 tokens. Please reduce the length."
         return payload, error_response(400, message, param="messages", code=CONTEXT_EXCEEDED)
+    if model == CONTENT_POLICY_MODEL:
+        message = "Your request was rejected as a result of our safety system."
+        return payload, error_response(400, message, code="content_policy_violation")
+    if model == RATE_LIMITED_MS_MODEL:
+        # OpenAI says how long to wait in milliseconds too; clients read it first.
+        headers = {"retry-after-ms": "1200"}
+        return payload, error_response(429, "fake upstream: rate limited", headers)
     status = requested_status(request, model)
     if status is None and settings.error_rate and settings.rng.random() < settings.error_rate:
         status = settings.rng.choice(INJECTED_STATUSES)

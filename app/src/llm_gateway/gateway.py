@@ -19,8 +19,9 @@ class Router:
 
     Deployments sharing a model_name take turns (round robin). A call gets
     ``num_retries`` further attempts on the model's deployments, then the same on each
-    fallback model_name. A deployment that failed more than ``allowed_fails`` times in a
-    row leaves the rotation for ``cooldown_time`` seconds (unless all of them are out).
+    fallback model_name (its own, else the generic "*" ones and default_fallbacks). A
+    deployment that failed more than ``allowed_fails`` times in a row leaves the rotation
+    for ``cooldown_time`` seconds (unless all of them are out).
     """
 
     def __init__(self, deployments: dict[str, list[Deployment]], settings: RouterSettings):
@@ -36,21 +37,25 @@ class Router:
 
     def _in_rotation(self, model: str) -> list[Deployment]:
         entries = self.deployments[model]
-        start = self._turn[model]
-        self._turn[model] = (start + 1) % len(entries)
-        ordered = entries[start:] + entries[:start]
-        if not self._cooling_until:
-            return ordered
-        now = time.monotonic()
-        warm = [d for d in ordered if self._cooling_until.get(id(d), 0.0) <= now]
-        return warm or ordered
+        if self._cooling_until:
+            now = time.monotonic()
+            entries = [d for d in entries if self._cooling_until.get(id(d), 0.0) <= now] or entries
+        # Turns are taken among the deployments in the rotation, so those left share the
+        # load of one cooling down evenly (rotating over all of them, then skipping the
+        # cooling one, gave its turns to the next in the list: twice the load on it).
+        start = self._turn[model] % len(entries)
+        self._turn[model] += 1
+        return entries[start:] + entries[:start]
 
-    def plan(self, model: str, context_window: bool = False) -> list[Deployment]:
-        """The deployments to try for ``model`` (or, with ``context_window``, for its
-        context-window fallbacks only), first to last."""
-        attempts = self.settings.num_retries + 1
-        models = [] if context_window else [model]
-        models += self.settings.fallbacks_for(model, context_window)
+    def plan(self, model: str, special: str | None = None) -> list[Deployment]:
+        """The deployments to try for ``model`` and its fallbacks, first to last; with
+        ``special`` (context_window_fallbacks, content_policy_fallbacks), only that
+        table's fallbacks."""
+        # Room for the most retries any kind of failure may get; call_with_retries stops
+        # a model's turn early when its failure's kind allows fewer.
+        attempts = self.settings.retry_policy.most(self.settings.num_retries) + 1
+        models = [model] if special is None else []
+        models += self.settings.fallbacks_for(model, special or "fallbacks")
         plan: list[Deployment] = []
         for name in models:
             if name in self.deployments:
@@ -63,6 +68,8 @@ class Router:
             self._fails.pop(id(deployment), None)
 
     def failed(self, deployment: Deployment) -> None:
+        if self.settings.disable_cooldowns:
+            return
         key = id(deployment)
         self._fails[key] = self._fails.get(key, 0) + 1
         if self._fails[key] > self.settings.allowed_fails:
@@ -93,8 +100,10 @@ class Gateway:
         if timeout is None:
             router = self.config.router
             seconds = deployment.timeout_s or router.timeout or DEFAULT_TIMEOUT_S
-            if stream and router.stream_timeout:
-                seconds = router.stream_timeout
+            if stream:
+                # LiteLLM's order: the deployment's stream_timeout, the router's, else
+                # the timeout.
+                seconds = deployment.stream_timeout_s or router.stream_timeout or seconds
             # sock_read bounds each wait for bytes, so long streams are fine while
             # a stalled upstream still times out.
             timeout = aiohttp.ClientTimeout(

@@ -296,15 +296,11 @@ def _map_upstream_error(status: int, raw: bytes) -> tuple[int, dict]:
 
 
 async def _upstream_error_response(
-    gateway: Gateway, ex: Exchange, status: int, body: dict, attempt: Attempt
+    gateway: Gateway, ex: Exchange, status: int, body: dict, retry_after: dict[str, str]
 ) -> Response:
     headers = await _log(gateway, ex, status, body, None)
     if status == 429:
-        # Clients (the openai SDK too) honour them, retry-after-ms first.
-        if attempt.retry_after:
-            headers["Retry-After"] = attempt.retry_after
-        if attempt.retry_after_ms:
-            headers["retry-after-ms"] = attempt.retry_after_ms
+        headers.update(retry_after)  # clients (the openai SDK too) honour them
     return _json_response(status, body, headers)
 
 
@@ -329,7 +325,12 @@ def _stream_transport_error(exc: BaseException) -> tuple[int, dict]:
 
 async def _attempt(gateway: Gateway, ex: Exchange, payload: dict, stream: bool) -> Attempt:
     attempt, ex.deployment, ex.attempts = await call_with_retries(
-        gateway, ex.model, ex.endpoint.upstream_path, payload, stream
+        gateway,
+        ex.model,
+        ex.endpoint.upstream_path,
+        payload,
+        stream,
+        client_left=lambda: _client_left(ex.request),
     )
     return attempt
 
@@ -337,9 +338,16 @@ async def _attempt(gateway: Gateway, ex: Exchange, payload: dict, stream: bool) 
 async def _answer_failure(gateway: Gateway, ex: Exchange, attempt: Attempt) -> Response:
     if attempt.error is not None:
         status, body = _transport_error(attempt.error)
+    else:
+        status, body = _map_upstream_error(attempt.status, attempt.raw)
+    if _client_left(ex.request):
+        # Nobody receives this failure (the retries stopped when the client left): the
+        # log says 499, with what the upstream answered.
+        logged = {**_CLIENT_LEFT, "upstream_error": body["error"]}
+        return _json_response(499, logged, await _log(gateway, ex, 499, logged, None))
+    if attempt.error is not None:
         return _json_response(status, body, await _log(gateway, ex, status, body, None))
-    status, body = _map_upstream_error(attempt.status, attempt.raw)
-    return await _upstream_error_response(gateway, ex, status, body, attempt)
+    return await _upstream_error_response(gateway, ex, status, body, attempt.retry_after)
 
 
 async def _forward(gateway: Gateway, ex: Exchange) -> Response:
@@ -523,7 +531,11 @@ async def _relay(
     # its whole answer, so only leaving before that is a 499.
     complete = done = False
     # ASGI 2.4 servers drop writes to a closed connection silently; only the receive
-    # channel says the client left, so watch it to stop relaying and log a 499.
+    # channel says the client left, so watch it to stop relaying and log a 499. The
+    # watcher runs only when the relay waits for the upstream, and an upstream's stream
+    # may be buffered whole (one that answered after the client gave up, say): so the
+    # end of the answer goes out only after asking, without waiting, whether the client
+    # is still there; if not, nobody received it and the log says 499.
     client_gone = asyncio.create_task(_wait_for_disconnect(ex.request))
     try:
         async for line in _sse_lines(upstream.content):
@@ -540,28 +552,34 @@ async def _relay(
             if not event:
                 continue
             relay, done_here, logged = _read_event(event, stream_log, client_wants_usage, logged)
+            done = done or done_here
+            ending = not complete and (done or stream_log.finished)
+            if ending and _client_left(ex.request):
+                break  # nobody is left to receive the end: a 499
             if relay:
                 # Ended by its own blank line: a LF added to a CR-ended line would
                 # make a CRLF, one line ending, and merge this event with the next.
                 yield b"".join(event) + line
-            done = done or done_here
-            complete = complete or done or stream_log.finished
+            complete = complete or ending
             event, event_size = [], 0
         else:
-            if event:  # the last event, without the blank line that should end it
-                relay, done_here, logged = _read_event(
-                    event, stream_log, client_wants_usage, logged
-                )
-                done = done or done_here
-                if relay:
-                    yield b"".join(event) + b"\n\n"
-            complete = True
-            if not (done or stream_log.answered or stream_log.error):
-                # The body ended cleanly mid-answer. The SDK would take the cut answer
-                # for a whole one; an error event makes it raise, and the row says 502.
-                message = "upstream stream ended before the answer did"
-                status, error = 502, error_body(502, message, "upstream_stream_incomplete")
-                yield b"data: " + orjson.dumps(error) + b"\n\n"
+            # The upstream's stream ended (with or without [DONE]); its end reached the
+            # client only if the client is still there.
+            if complete or not _client_left(ex.request):
+                if event:  # the last event, without the blank line that should end it
+                    relay, done_here, logged = _read_event(
+                        event, stream_log, client_wants_usage, logged
+                    )
+                    done = done or done_here
+                    if relay:
+                        yield b"".join(event) + b"\n\n"
+                complete = True
+                if not (done or stream_log.answered or stream_log.error):
+                    # The body ended cleanly mid-answer. The SDK would take the cut answer
+                    # for a whole one; an error event makes it raise, and the row says 502.
+                    message = "upstream stream ended before the answer did"
+                    status, error = 502, error_body(502, message, "upstream_stream_incomplete")
+                    yield b"data: " + orjson.dumps(error) + b"\n\n"
     except (TimeoutError, aiohttp.ClientError) as exc:
         status, error = _stream_transport_error(exc)
         yield b"data: " + orjson.dumps(error) + b"\n\n"
@@ -586,14 +604,22 @@ async def _relay(
             body["_truncated"] = (
                 f"chunks past the first {MAX_LOGGED_STREAM_BYTES} bytes add only usage"
             )
+        # A stream's deployment succeeded or failed only now (call_with_retries does not
+        # count its 200): one that breaks its streams off counts towards its cooldown,
+        # as with a 500, although the stream itself is not retried (bytes went out).
         if error is not None:
             body["error"] = error["error"]
+            if error is not _SHUT_DOWN:
+                gateway.router.failed(ex.deployment)
         elif stream_log.error is not None:
             # The upstream answered 200, then reported its model failed: the client's SDK
             # raises it, so the row says so too (502, as an upstream 5xx would be).
             status = 502
             body["error"] = stream_log.error
-        elif not complete:
+            gateway.router.failed(ex.deployment)
+        elif complete:
+            gateway.router.succeeded(ex.deployment)
+        else:
             # The client went away mid-stream (499, nginx's convention); log what was sent.
             status = 499
             body["error"] = _CLIENT_LEFT["error"]
