@@ -27,7 +27,7 @@ from throwaway_postgres import PostgresCluster
 
 from llm_gateway.settings import EnvSettings
 
-from helpers import http_call
+from helpers import http_call, wait_until
 
 MASTER_KEY = "sk-test-master"
 TEAM_KEY = "sk-test-team"
@@ -94,6 +94,16 @@ def query(cluster: PostgresCluster, database: str, sql: str, params=()) -> list[
             return cur.fetchall()
     finally:
         conn.close()
+
+
+def logged_response(cluster: PostgresCluster, database: str, request_id: str, timeout=15.0):
+    """(status, response body) of one exchange, once its rows are in."""
+    sql = (
+        "SELECT p.status_code, p.response_body FROM requests r"
+        " JOIN responses p ON p.request_id_fk = r.id WHERE r.request_id = %s"
+    )
+    (row,) = wait_until(lambda: query(cluster, database, sql, (request_id,)), timeout=timeout)
+    return row
 
 
 def stored_counts(pg_cluster, database, ids: list[str]) -> tuple[int, int, int]:

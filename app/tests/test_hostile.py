@@ -21,7 +21,7 @@ from llm_gateway.config import hash_key
 from llm_gateway.loggable import MAX_LOGGABLE_DEPTH
 from llm_gateway.writer import encode
 
-from conftest import MASTER_KEY, all_stored_once, query
+from conftest import MASTER_KEY, all_stored_once, logged_response, query
 from helpers import CHAT_BODY, exchange_record, wait_until
 
 DEAD_PID = 2**22 + 4242  # above pid_max: never a live process
@@ -564,19 +564,9 @@ def test_a_stream_reader_that_stops_reading_is_dropped_and_logged(
         head = sock.recv(1024)  # and nothing more: the reader stalls
         request_id = head.split(b"x-request-id: ")[1].split(b"\r\n")[0].decode()
         started = time.monotonic()
-        rows = wait_until(
-            lambda: query(
-                pg_cluster,
-                database,
-                "SELECT p.status_code, p.response_body FROM requests r"
-                " JOIN responses p ON p.request_id_fk = r.id WHERE r.request_id = %s",
-                (request_id,),
-            ),
-            timeout=20,
-        )
+        status, logged = logged_response(pg_cluster, database, request_id, timeout=20)
         # Logged while the client still holds its socket: the gateway let go of it.
         assert time.monotonic() - started < 10
-    ((status, logged),) = rows
     assert status == 499
     assert logged["error"]["code"] == "client_disconnected"
     assert logged["choices"][0]["message"]["content"].startswith("Fake reply: a a")

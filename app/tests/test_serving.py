@@ -19,7 +19,13 @@ import trustme
 import yaml
 from ports import free_port, wait_for_port
 
-from conftest import MASTER_KEY, PROVIDER_KEY_ENV, all_stored_once, gateway_config, query
+from conftest import (
+    MASTER_KEY,
+    PROVIDER_KEY_ENV,
+    all_stored_once,
+    gateway_config,
+    logged_response,
+)
 from helpers import CHAT_BODY, http_call, wait_until
 
 
@@ -199,15 +205,7 @@ def test_sigterm_cuts_a_stream_that_outlasts_the_graceful_timeout_and_logs_it(
             proc.kill()
     assert b"[DONE]" not in received
     assert '"event":"shutdown"' in stderr_path.read_text()
-    ((status, logged),) = wait_until(
-        lambda: query(
-            pg_cluster,
-            database,
-            "SELECT p.status_code, p.response_body FROM requests r"
-            " JOIN responses p ON p.request_id_fk = r.id WHERE r.request_id = %s",
-            (request_id,),
-        )
-    )
+    status, logged = logged_response(pg_cluster, database, request_id)
     assert status == 503
     assert logged["error"]["code"] == "gateway_shutdown"
     assert logged["choices"][0]["message"]["content"].startswith("Fake reply: w0")
