@@ -17,6 +17,7 @@ from pathlib import Path
 
 # The tests start PostgreSQL the same way; the cluster helper lives beside them.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from ports import free_port  # noqa: F401 (the benchmarks take it from here)
 from throwaway_postgres import PostgresCluster
 
 STOP_TIMEOUT_S = 40  # gunicorn's graceful timeout (30 s) plus margin for the writer drain

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import psycopg2
 from load import Run, Target, percentile, run_wrk
-from ports import free_port  # importable once procs has set sys.path
 from procs import (
     Processes,
     child_pids,
+    free_port,
     migrate,
     start_fake_upstream,
     start_gateway,

@@ -31,8 +31,14 @@ import time
 from pathlib import Path
 
 import aiohttp
-from ports import free_port  # importable once procs has set sys.path
-from procs import Processes, migrate, start_fake_upstream, start_gateway, start_postgres
+from procs import (
+    Processes,
+    free_port,
+    migrate,
+    start_fake_upstream,
+    start_gateway,
+    start_postgres,
+)
 
 WORDS = " ".join(f"word{i}" for i in range(72))  # about 25 deltas of 3 words
 MESSAGES = [{"role": "user", "content": WORDS}]
