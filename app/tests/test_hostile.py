@@ -331,6 +331,33 @@ def test_a_body_still_arriving_does_not_hold_up_a_stop(start_gateway, pg_cluster
     assert '"event":"shutdown"' in gw.stderr()
 
 
+def test_a_body_that_arrives_just_after_a_stop_began_is_served_and_logged(
+    start_gateway, pg_cluster, database
+):
+    """Head and body often come in separate writes: a stop (a HUP's old workers under
+    load) that falls between them must not refuse the request."""
+    gw = start_gateway(pg_cluster.url(database))
+    body = orjson.dumps(CHAT_BODY)
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n"
+            b"Authorization: Bearer " + MASTER_KEY.encode() + b"\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
+        time.sleep(0.3)
+        gw.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        sock.sendall(body)
+        answer = b""
+        while chunk := sock.recv(65536):  # the connection closes after the answer
+            answer += chunk
+    gw.proc.wait(40)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    request_id = answer.split(b"x-request-id: ")[1].split(b"\r\n")[0].decode()
+    status, _ = logged_response(pg_cluster, database, request_id)
+    assert status == 200
+
+
 # ---- header limits ------------------------------------------------------------------------
 
 

@@ -38,6 +38,9 @@ from uvicorn_worker import UvicornWorker
 
 from llm_gateway.errors import error_body
 
+# At a stop, how long a request whose body is still arriving may take to finish it.
+SHUTDOWN_BODY_GRACE_S = 1.0
+
 
 class ServingSettings(BaseSettings):
     """Environment ``GATEWAY_HTTP_<NAME>``; bounds reject nonsense at startup."""
@@ -126,9 +129,19 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def shutdown(self) -> None:
         """The server is stopping. A request whose body is still on its way would hold the
         stop until the body timeout (a slow client, or a slowloris, delaying every restart
-        by that long): it is answered now, 503, as nothing of it reached the upstream."""
+        by that long). It gets SHUTDOWN_BODY_GRACE_S for the rest of its body: clients
+        often write the head and the body separately, and a stop (a HUP's old workers
+        under load) must not refuse a request that was just one write short."""
         cycle = self.cycle
         if cycle is not None and cycle.more_body and not cycle.response_started:
+            self.loop.call_later(SHUTDOWN_BODY_GRACE_S, self._shutdown_after_grace, cycle)
+            return
+        super().shutdown()
+
+    def _shutdown_after_grace(self, cycle: Any) -> None:
+        """Still no whole body: answered 503, as nothing of it reached the upstream.
+        Otherwise the request is served and its connection closes after the answer."""
+        if self.cycle is cycle and cycle.more_body and not cycle.response_started:
             message = "the gateway is restarting; send the request again"
             self._answer_and_close(503, message, "gateway_shutdown")
             return
