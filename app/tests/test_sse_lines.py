@@ -54,5 +54,5 @@ def test_a_line_cut_anywhere_is_joined_whole():
 
 def test_a_line_over_the_bound_fails_the_stream(monkeypatch):
     monkeypatch.setattr(proxy, "MAX_STREAM_EVENT_BYTES", 10)
-    with pytest.raises(proxy.SSELineTooLong):
+    with pytest.raises(proxy.UpstreamStreamError):
         read(b"data: 1234", b"5678", b"90\n")

@@ -402,8 +402,8 @@ MAX_STREAM_EVENT_BYTES = 16 << 20
 MAX_LOGGED_STREAM_BYTES = 32 << 20
 
 
-class SSELineTooLong(Exception):
-    pass
+class UpstreamStreamError(Exception):
+    """The upstream's stream cannot be relayed (answered as upstream_bad_stream)."""
 
 
 async def _sse_lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
@@ -426,7 +426,7 @@ async def _sse_lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
             if len(lines) == 1 and not last.endswith((b"\n", b"\r")):
                 size += len(last)
                 if size > MAX_STREAM_EVENT_BYTES:
-                    raise SSELineTooLong(f"an SSE line over {MAX_STREAM_EVENT_BYTES} bytes")
+                    raise UpstreamStreamError(f"an SSE line over {MAX_STREAM_EVENT_BYTES} bytes")
                 continue
             lines[0] = b"".join(unfinished)
             unfinished, size = [], 0
@@ -503,10 +503,6 @@ def _usage_only(chunk: dict) -> bool:
 async def _wait_for_disconnect(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
-
-
-class UpstreamStreamError(Exception):
-    """The upstream's stream cannot be relayed (answered as upstream_bad_stream)."""
 
 
 def _tail_of(chunk: dict) -> dict:
